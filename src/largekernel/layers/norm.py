@@ -1,0 +1,48 @@
+"""Normalisation layers of UniRepLKNet: channels-first LayerNorm and GRN."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel dim of an NCHW tensor (biased variance, as the authors' code)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class GRN(nn.Module):
+    """Global Response Normalisation on NHWC input; `beta` is folded away in the deploy form.
+
+    out = (gamma * Nx + 1) * x + beta, with Nx = ||x||_HW / (mean_C ||x||_HW + 1e-6).
+    """
+
+    def __init__(self, dim: int, use_bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim, device=device, dtype=dtype))
+        if use_bias:
+            self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim, device=device, dtype=dtype))
+        else:
+            self.register_parameter("beta", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        out = (self.gamma * nx + 1) * x
+        return out if self.beta is None else out + self.beta
+
+    def extra_repr(self) -> str:
+        return f"{self.gamma.shape[-1]}, use_bias={self.beta is not None}"
