@@ -1,0 +1,1 @@
+"""UniRepLKNet models, their registry, checkpoints and hub loading."""
