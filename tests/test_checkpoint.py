@@ -1,0 +1,222 @@
+"""Checkpoints: the authors' files reproduce the authors' outputs; adaptation and clear errors."""
+import os
+import pathlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import largekernel as lk
+from largekernel.models.checkpoint import adapt_input_conv, checkpoint_form, read_state_dict
+
+FIXTURES = Path(os.environ.get("LARGEKERNEL_FIXTURES",
+                               Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"))
+TOL = 1e-5  # absolute, logits of magnitude ~1 (the fixtures' README)
+
+
+def fixture(name: str) -> Path:
+    path = FIXTURES / name
+    assert path.is_file(), (f"golden fixture {path} is missing: the tests need ../shared beside the "
+                            "repo, or LARGEKERNEL_FIXTURES pointing at shared/fixtures/official")
+    return path
+
+
+@pytest.fixture(scope="module")
+def io():
+    return torch.load(fixture("unireplknet_a_io.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def backbone_io():
+    return torch.load(fixture("unireplknet_a_backbone_io.pt"), weights_only=True)
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_train_checkpoint_reproduces_authors_logits(io, deploy):
+    model = lk.create_model("unireplknet_a", deploy=deploy,
+                            checkpoint_path=fixture("unireplknet_a_train.pth"))
+    want = io["logits_deploy"] if deploy else io["logits"]
+    assert (logits(model, io["input"]) - want).abs().max() <= TOL
+
+
+def test_deploy_checkpoint_reproduces_authors_logits(io):
+    model = lk.create_model("unireplknet_a", deploy=True,
+                            checkpoint_path=fixture("unireplknet_a_deploy.pth"))
+    assert (logits(model, io["input"]) - io["logits_deploy"]).abs().max() <= TOL
+
+
+def test_our_reparameterization_matches_authors_deploy_file(io):
+    model = lk.create_model("unireplknet_a", checkpoint_path=fixture("unireplknet_a_train.pth")).eval()
+    model.reparameterize()
+    ours = model.state_dict()
+    theirs = read_state_dict(fixture("unireplknet_a_deploy.pth"))
+    assert sorted(ours) == sorted(theirs)
+    for k in theirs:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert (logits(model, io["input"]) - io["logits_deploy"]).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_segmentation_checkpoint_into_dense_backbone(backbone_io, deploy):
+    model = lk.create_model("unireplknet_a", features_only=True, deploy=deploy,
+                            checkpoint_path=fixture("unireplknet_a_backbone_mmseg.pth"))
+    outs = logits(model, backbone_io["input"])
+    assert len(outs) == 4
+    for got, want in zip(outs, backbone_io["features"]):
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= TOL
+
+
+def test_dense_backbone_subset_of_stages(backbone_io):
+    model = lk.create_model("unireplknet_a", features_only=True, out_indices=(1, 2),
+                            checkpoint_path=fixture("unireplknet_a_backbone_mmseg.pth"))
+    assert len(model.stages) == 3 and not hasattr(model, "norm3") and not hasattr(model, "norm0")
+    outs = logits(model, backbone_io["input"])
+    for got, want in zip(outs, backbone_io["features"][1:3]):
+        assert (got - want).abs().max() <= TOL
+
+
+def test_checkpoint_forms_are_detected():
+    assert checkpoint_form(read_state_dict(fixture("unireplknet_a_train.pth"))) == "train"
+    assert checkpoint_form(read_state_dict(fixture("unireplknet_a_deploy.pth"))) == "deploy"
+    assert checkpoint_form(read_state_dict(fixture("unireplknet_a_backbone_mmseg.pth"))) == "train"
+
+
+def test_deploy_checkpoint_into_train_model_is_refused():
+    with pytest.raises(lk.CheckpointError, match="deploy=True"):
+        lk.create_model("unireplknet_a", checkpoint_path=fixture("unireplknet_a_deploy.pth"))
+
+
+def test_other_class_count_drops_head(io, caplog):
+    ref = lk.create_model("unireplknet_a", checkpoint_path=fixture("unireplknet_a_train.pth")).eval()
+    torch.manual_seed(0)
+    model = lk.create_model("unireplknet_a", num_classes=10).eval()
+    fresh_head = model.head.weight.clone()
+    with caplog.at_level("WARNING"):
+        report = lk.load_checkpoint(model, fixture("unireplknet_a_train.pth"))
+    assert "head dropped" in caplog.text and "1000" in caplog.text
+    assert sorted(report.dropped) == ["head.bias", "head.weight"]
+    assert torch.equal(model.head.weight, fresh_head)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(io["input"]), pre_logits=True),
+                                   ref.forward_head(ref.forward_features(io["input"]), pre_logits=True))
+
+
+def test_features_model_from_classification_checkpoint_keeps_norm_init():
+    model = lk.create_model("unireplknet_a", features_only=True)
+    report = lk.load_checkpoint(model, fixture("unireplknet_a_train.pth"))
+    assert "head.weight" in report.dropped and "norm.weight" in report.dropped
+    assert "norm0.weight" in report.kept_init
+    sd = read_state_dict(fixture("unireplknet_a_train.pth"))
+    assert torch.equal(model.stages[3][1].pwconv2[0].weight, sd["stages.3.1.pwconv2.0.weight"])
+
+
+@pytest.mark.parametrize("in_chans", [1, 2, 6])
+def test_in_chans_adapts_first_conv(io, in_chans):
+    model = lk.create_model("unireplknet_a", in_chans=in_chans,
+                            checkpoint_path=fixture("unireplknet_a_train.pth")).eval()
+    w3 = read_state_dict(fixture("unireplknet_a_train.pth"))["downsample_layers.0.0.weight"]
+    w = model.downsample_layers[0][0].weight
+    assert w.shape == (w3.shape[0], in_chans, 3, 3)
+    if in_chans == 1:
+        torch.testing.assert_close(w, w3.sum(1, keepdim=True))
+        # a grey image gives the same output as the RGB model on the image repeated 3x
+        ref = lk.create_model("unireplknet_a", checkpoint_path=fixture("unireplknet_a_train.pth"))
+        grey = io["input"][:, :1]
+        torch.testing.assert_close(logits(model, grey), logits(ref, grey.repeat(1, 3, 1, 1)),
+                                   rtol=1e-4, atol=1e-5)
+    elif in_chans == 2:
+        torch.testing.assert_close(w, w3[:, :2] * 1.5)  # timm's rule: repeat, slice, scale by 3/n
+    else:
+        # a multiple of 3: the total response to a constant input is preserved
+        torch.testing.assert_close(w.sum(1), w3.sum(1), rtol=1e-5, atol=1e-6)
+
+
+def test_adapt_input_conv_values():
+    w = torch.arange(12.0).reshape(2, 3, 1, 2)
+    assert torch.equal(adapt_input_conv(w, 3), w)
+    six = adapt_input_conv(w, 6)
+    torch.testing.assert_close(six, torch.cat([w, w], 1) * 0.5)
+
+
+def test_wrong_architecture_lists_keys():
+    with pytest.raises(lk.CheckpointError) as e:
+        lk.create_model("unireplknet_n", checkpoint_path=fixture("unireplknet_a_train.pth"))
+    msg = str(e.value)
+    assert "missing:" in msg and "wrong shape:" in msg
+    assert "downsample_layers.0.0.weight: checkpoint (20, 3, 3, 3) vs model (40, 3, 3, 3)" in msg
+    assert "stages.2.6." in msg
+
+
+def test_unexpected_keys_are_listed(tmp_path):
+    sd = read_state_dict(fixture("unireplknet_a_train.pth"))
+    sd["stages.9.0.extra.weight"] = torch.zeros(1)
+    del sd["stages.1.0.se.up.bias"]
+    path = tmp_path / "edited.pth"
+    torch.save(sd, path)
+    with pytest.raises(lk.CheckpointError) as e:
+        lk.create_model("unireplknet_a", checkpoint_path=path)
+    assert "unexpected: stages.9.0.extra.weight" in str(e.value)
+    assert "missing: stages.1.0.se.up.bias" in str(e.value)
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "trap": Evil()}, path)
+    with pytest.raises(lk.CheckpointError, match="refused"):
+        lk.load_checkpoint(lk.create_model("unireplknet_a"), path)
+    assert not marker.exists()
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(lk.CheckpointError, match="does not exist"):
+        lk.load_checkpoint(lk.create_model("unireplknet_a"), tmp_path / "nope.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(lk.CheckpointError, match="junk.pth"):
+        lk.load_checkpoint(lk.create_model("unireplknet_a"), junk)
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"\x00" * 4)
+    with pytest.raises(lk.CheckpointError, match="safetensors"):
+        lk.load_checkpoint(lk.create_model("unireplknet_a"), bad_st)
+
+
+def test_module_prefix_and_model_key_are_unwrapped(tmp_path, io):
+    sd = read_state_dict(fixture("unireplknet_a_train.pth"))
+    path = tmp_path / "ddp.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, path)
+    model = lk.create_model("unireplknet_a", checkpoint_path=path)
+    assert (logits(model, io["input"]) - io["logits"]).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_safetensors_round_trip(tmp_path, io, deploy):
+    model = lk.create_model("unireplknet_a", deploy=deploy,
+                            checkpoint_path=fixture("unireplknet_a_train.pth"))
+    path = lk.save_checkpoint(model, tmp_path / "a.safetensors")
+    assert set(load_file(path)) == set(model.state_dict())
+    again = lk.create_model("unireplknet_a", deploy=deploy, checkpoint_path=path)
+    assert torch.equal(logits(again, io["input"]), logits(model, io["input"]))
+    with pytest.raises(ValueError, match=".safetensors"):
+        lk.save_checkpoint(model, tmp_path / "a.pth")
+
+
+def test_float64_and_bfloat16_models_load_train_checkpoint(io):
+    for dtype in (torch.float64, torch.bfloat16):
+        model = lk.create_model("unireplknet_a", deploy=True, dtype=dtype,
+                                checkpoint_path=fixture("unireplknet_a_train.pth"))
+        assert all(p.dtype == dtype for p in model.parameters())
+    out = logits(model.float(), io["input"])
+    assert (out - io["logits_deploy"]).abs().max() < 0.1  # bf16 weights: coarse, but finite and close
