@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import GRN
+
 # Branch tables of the authors' released code: K -> (branch kernels, dilations).
 BRANCH_TABLE: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     17: ((5, 9, 3, 3, 3), (1, 2, 4, 5, 7)),
@@ -183,4 +185,31 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     for m in list(model.modules()):
         if hasattr(m, "reparameterize"):
             m.reparameterize()
+    return model
+
+
+@torch.no_grad()
+def simulate_trained_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN (running stats, affine), GRN and layer scale random non-trivial values.
+
+    A freshly initialised model has identity BNs and zero GRN/near-zero layer scale, so folding them
+    is trivially exact; after this every re-parameterization fold does real work.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return (torch.rand(t.shape, generator=g) * (hi - lo) + lo).to(t)
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(rand(m.running_mean, -0.2, 0.2))
+            m.running_var.copy_(rand(m.running_var, 0.5, 2.0))
+            m.weight.copy_(rand(m.weight, 0.5, 1.5))
+            m.bias.copy_(rand(m.bias, -0.2, 0.2))
+        elif isinstance(m, GRN):
+            m.gamma.copy_(rand(m.gamma, -0.5, 0.5))
+            if m.beta is not None:
+                m.beta.copy_(rand(m.beta, -0.1, 0.1))
+        if isinstance(getattr(m, "gamma", None), nn.Parameter) and m.gamma.ndim == 1:
+            m.gamma.copy_(rand(m.gamma, 0.1, 0.5))
     return model

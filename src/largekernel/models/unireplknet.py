@@ -182,9 +182,11 @@ class UniRepLKNet(nn.Module):
             raise ValueError(f"global_pool must be 'avg', 'max' or '' (no pooling), got {global_pool!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if not out_indices or any(not -4 <= i < 4 for i in out_indices):
+            raise ValueError(f"out_indices must be stage indices in -4..3, got {tuple(out_indices)}")
         out_indices = tuple(sorted({i % 4 for i in out_indices}))
         dd = dict(device=device, dtype=dtype)
-        self.model_args = dict(depths=depths, dims=dims, kernel_sizes=kernel_sizes,
+        self._args = dict(depths=depths, dims=dims, kernel_sizes=kernel_sizes,
                                in_chans=in_chans, num_classes=num_classes, global_pool=global_pool,
                                drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                                layer_scale_init_value=layer_scale_init_value,
@@ -251,6 +253,11 @@ class UniRepLKNet(nn.Module):
     @property
     def deploy(self) -> bool:
         return all(b.deploy for stage in self.stages for b in stage)
+
+    @property
+    def model_args(self) -> dict:
+        """The constructor arguments that rebuild this architecture in its current form."""
+        return dict(self._args, deploy=self.deploy)
 
     # ---- forward -------------------------------------------------------------------------------
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -387,7 +394,6 @@ class UniRepLKNet(nn.Module):
         for stage in self.stages:
             for block in stage:
                 block.reparameterize()
-        self.model_args["deploy"] = True
 
 
 # name -> (depths, dims); kernel layouts follow from the depths.
