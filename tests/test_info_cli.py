@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -137,9 +138,10 @@ def test_python_dash_m_help():
 
 
 def test_console_script():
-    exe = shutil.which("largekernel")
-    if exe is None:
-        pytest.skip("console script not installed (pip install -e .)")
+    # the script pip installed beside this interpreter (the venv's bin/), else the one on PATH
+    beside = Path(sys.executable).parent / "largekernel"
+    exe = str(beside) if beside.is_file() else shutil.which("largekernel")
+    assert exe, "the largekernel console script is not installed: pip install -e ."
     r = subprocess.run([exe, "info", "unireplknet_a"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "unireplknet_a" in r.stdout and "4,437,300" in r.stdout and "0.640" in r.stdout
