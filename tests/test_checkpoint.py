@@ -220,3 +220,24 @@ def test_float64_and_bfloat16_models_load_train_checkpoint(io):
         assert all(p.dtype == dtype for p in model.parameters())
     out = logits(model.float(), io["input"])
     assert (out - io["logits_deploy"]).abs().max() < 0.1  # bf16 weights: coarse, but finite and close
+
+
+def test_model_from_authors_files_reads_layout_off_the_weights(io, backbone_io):
+    deploy = lk.model_from_checkpoint(fixture("unireplknet_a_deploy.pth"), "unireplknet_a")
+    assert deploy.deploy and deploy.num_classes == 1000
+    assert (logits(deploy, io["input"]) - io["logits_deploy"]).abs().max() <= TOL
+    dense = lk.model_from_checkpoint(fixture("unireplknet_a_backbone_mmseg.pth"), "unireplknet_a")
+    assert dense.features_only and dense.out_indices == (0, 1, 2, 3)
+    assert (logits(dense, backbone_io["input"])[3] - backbone_io["features"][3]).abs().max() <= TOL
+    with pytest.raises(lk.CheckpointError, match="pass the model name"):
+        lk.model_from_checkpoint(fixture("unireplknet_a_train.pth"))
+
+
+def test_model_from_our_file_rebuilds_custom_model(tmp_path):
+    model = lk.create_model("unireplknet_a", num_classes=7, in_chans=1, kernel_sizes=(3, 5, 7, 31)).eval()
+    path = lk.save_checkpoint(lk.reparameterize(model), tmp_path / "custom.safetensors")
+    again = lk.model_from_checkpoint(path)
+    assert again.deploy and again.num_classes == 7 and again.in_chans == 1
+    assert again.stages[3][0].dwconv.kernel_size == 31
+    x = torch.randn(1, 1, 64, 64)
+    torch.testing.assert_close(logits(again, x), logits(model, x), rtol=1e-5, atol=1e-5)

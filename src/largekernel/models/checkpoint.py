@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -261,3 +262,48 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = 
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
     return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata `save_checkpoint` wrote (architecture, model_args); {} for other files."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def model_from_checkpoint(path: str | Path, model_name: str | None = None, **kwargs) -> UniRepLKNet:
+    """Build the model a checkpoint describes and load it.
+
+    A file written by `save_checkpoint` records its architecture and constructor args. For the
+    authors' files give `model_name`; the class count, input channels, train/deploy form and
+    dense-backbone layout are read off the weights. `kwargs` override (e.g. `deploy=True`).
+    """
+    from .registry import create_model  # registry imports this module
+
+    meta = read_metadata(path)
+    name = model_name or meta.get("architecture")
+    if name is None:
+        raise CheckpointError(f"{path} does not record its architecture; pass the model name "
+                              "(e.g. model_name='unireplknet_t', CLI: --model unireplknet_t)")
+    if "model_args" in meta:
+        args = json.loads(meta["model_args"])
+        args.pop("depths", None), args.pop("dims", None)
+        if "kernel_sizes" in args:
+            args["kernel_sizes"] = [tuple(k) for k in args["kernel_sizes"]]
+    else:
+        sd = read_state_dict(path)
+        args = dict(deploy=checkpoint_form(sd) == "deploy")
+        if "head.weight" in sd:
+            args["num_classes"] = sd["head.weight"].shape[0]
+        if FIRST_CONV in sd:
+            args["in_chans"] = sd[FIRST_CONV].shape[1]
+        if any(re.match(r"norm\d\.", k) for k in sd):
+            args["features_only"] = True
+            args["out_indices"] = tuple(sorted({int(k[4]) for k in sd if re.match(r"norm\d\.", k)}))
+    args.update({k: v for k, v in kwargs.items() if v is not None})
+    return create_model(name, checkpoint_path=path, **args)
