@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 FIRST_CONV = "downsample_layers.0.0.weight"
 TRAIN_ONLY = re.compile(r"\.(origin_bn|dil_conv_k\d+_\d+|dil_bn_k\d+_\d+|pwconv2\.2)\.|"
                         r"^stages\.\d+\.\d+\.(gamma$|norm\.|act\.1\.beta$)")
+STEP_CKPT = re.compile(r"step\d+\.pt$")  # the engine's training checkpoints
 DEPLOY_ONLY = re.compile(r"\.pwconv2\.0\.bias$|\.dwconv(\.lk_origin)?\.bias$")
 
 

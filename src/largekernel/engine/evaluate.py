@@ -1,0 +1,44 @@
+"""Classification metrics: loss, top-1/top-5, per-class accuracy and the confusion matrix."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..modalities import collate
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int,
+             device: torch.device, amp: str | None = None, workers: int = 0) -> dict:
+    """Metrics of `model` on `dataset` (percentages for accuracies); unreadable samples are counted."""
+    from .trainer import autocast_context
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate, generator=torch.Generator())
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    loss_sum, top5, n, skipped = 0.0, 0, 0, []
+    k = min(5, num_classes)
+    for batch in loader:
+        skipped += batch["skipped"]
+        if batch["x"] is None:
+            continue
+        x, y = batch["x"].to(device), batch["y"].to(device)
+        with autocast_context(amp, device):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        pred = logits.topk(k, dim=1).indices
+        top5 += (pred == y[:, None]).any(dim=1).sum().item()
+        confusion += torch.bincount(y.cpu() * num_classes + pred[:, 0].cpu(),
+                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+        n += y.numel()
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("no readable samples to evaluate")
+    correct = confusion.diag()
+    per_class = (correct.double() / confusion.sum(1).clamp(min=1) * 100).tolist()
+    return dict(loss=loss_sum / n, top1=correct.sum().item() / n * 100, top5=top5 / n * 100, n=n,
+                per_class=per_class, confusion=confusion.tolist(), skipped=[s.path for s in skipped])

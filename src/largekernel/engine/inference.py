@@ -1,0 +1,77 @@
+"""Using trained models: load one with its recorded config and classes, predict files."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models.checkpoint import STEP_CKPT, model_from_checkpoint, read_metadata
+from ..modalities import Modality, get_modality, modality_for_file
+from .config import TrainConfig, resolve_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    cfg: TrainConfig
+    classes: list[str] | None
+    modality: Modality | None
+
+
+def load_trained(path: str | Path, model_name: str | None = None, ema: bool = False) -> Trained:
+    """A model from a run's `*.safetensors` (weights + recorded config) or a training checkpoint
+    `checkpoints/step*.pt` (`ema=True` takes its EMA weights), or an authors'/other weights file
+    (then `model_name` is needed and there is no recorded config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if STEP_CKPT.search(path.name):
+        from .state import load_training_state
+
+        state = load_training_state(path)
+        cfg = resolve_config(overrides={k: v for k, v in state["config"].items()})
+        modality = get_modality(cfg.modality)
+        model = modality.build_model(_no_download(cfg), len(state["classes"]))
+        weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
+        model.load_state_dict(weights)
+        return Trained(model.eval(), cfg, state["classes"], modality)
+    meta = read_metadata(path)
+    model = model_from_checkpoint(path, model_name).eval()
+    if "train_config" in meta:
+        cfg = resolve_config(overrides=json.loads(meta["train_config"]))
+        classes = json.loads(meta["classes"])
+        return Trained(model, cfg, classes, get_modality(cfg.modality))
+    cfg = TrainConfig(model=model_name or meta.get("architecture", "unknown"))
+    return Trained(model, cfg, None, None)
+
+
+def _no_download(cfg: TrainConfig) -> TrainConfig:
+    """The config with `pretrained` off: weights come from the checkpoint, not the Hub."""
+    return resolve_config(overrides=dict(cfg.to_dict(), pretrained=False, init_checkpoint=None))
+
+
+@torch.no_grad()
+def predict_files(trained: Trained, paths: list[str | Path], topk: int = 5) -> list[dict]:
+    """Top-k predictions per file; an unreadable file gives an entry with `error` set."""
+    results = []
+    for p in paths:
+        modality = trained.modality or modality_for_file(p)
+        try:
+            x = modality.load(p, trained.cfg)
+        except ValueError as e:
+            log.error("%s", e)
+            results.append(dict(path=str(p), error=str(e)))
+            continue
+        probs = trained.model(x[None]).float().softmax(-1)[0]
+        k = min(topk, probs.numel())
+        top = probs.topk(k)
+        names = trained.classes or [str(i) for i in range(probs.numel())]
+        results.append(dict(path=str(p), top=[dict(label=names[i], index=int(i), prob=float(v))
+                                               for v, i in zip(top.values, top.indices)]))
+    return results

@@ -1,0 +1,59 @@
+"""Optimizer parameter groups (weight decay, layer-wise lr decay) and the per-iteration lr schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """AdamW groups: no decay on 1-D params, biases and `model.no_weight_decay()`; with
+    `layer_decay`, each group gets `lr_scale = layer_decay ** (max_id - layer_id(name))`."""
+    base = model.module if hasattr(model, "module") else model
+    skip = base.no_weight_decay() if hasattr(base, "no_weight_decay") else set()
+    use_layers = layer_decay is not None and hasattr(base, "layer_id")
+    max_id = base.num_layer_ids - 1 if use_layers else 0
+    groups: dict[tuple, dict] = {}
+    for name, p in base.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip
+        layer = base.layer_id(name) if use_layers else 0
+        key = (layer, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (max_id - layer) if use_layers else 1.0
+            groups[key] = dict(params=[], weight_decay=0.0 if no_decay else weight_decay,
+                               lr_scale=scale, names=[])
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
+                    layer_decay: float | None, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, layer_decay)
+    for g in groups:
+        g.pop("names")
+    if opt == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if opt == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
+    if opt == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {opt!r}; use adamw, adam or sgd")
+
+
+def cosine_lr(step: int, total_steps: int, base_lr: float, min_lr: float, warmup_steps: int,
+              warmup_lr: float = 0.0) -> float:
+    """Linear warmup from `warmup_lr` to `base_lr`, then cosine from `base_lr` to `min_lr`."""
+    if step < warmup_steps:
+        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
