@@ -65,11 +65,19 @@ def non_negative_int(text: str) -> int:
     arg("--in-chans", type=positive_int, default=None, metavar="N",
         help="input channels (default: 3)"),
     arg("--json", action="store_true", help="print a JSON list of objects instead of a table"),
+    arg("--report", default=None, metavar="OUT.md",
+        help="write a report page (.md or .html) instead: params, GMACs, strides, measured CPU "
+             "throughput (train vs deploy form) and the re-parameterization check at --input-size, "
+             "the ERF (256x256, 4 random images) with heatmap PNGs beside it; prints the page's "
+             "path (--json: the numbers). MODEL may also be a checkpoint file, or NAME=CHECKPOINT "
+             "for the authors' files"),
 ])
 def cmd_info(args: argparse.Namespace) -> int:
     """Table (or JSON) of params in train/deploy form, deploy-form GMACs and feature info."""
     from .tools.info import model_info, resolve_model_names
 
+    if args.report is not None:
+        return _info_report(args)
     names = resolve_model_names(args.models)
     log.debug("models: %s", ", ".join(names))
     infos = [model_info(n, input_size=args.input_size, num_classes=args.num_classes,
@@ -86,6 +94,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_report(args: argparse.Namespace) -> int:
+    """`info --report`: measure each model, write the page, print its path (or the numbers as JSON)."""
+    from .tools.report import report_format, write_report
+
+    report_format(args.report)  # a wrong suffix fails before any measurement
+    try:
+        path, reports = write_report(args.report, args.models, input_size=args.input_size,
+                                     num_classes=args.num_classes, in_chans=args.in_chans)
+    except ImportError as e:  # matplotlib missing: a one-line error naming the extra
+        raise ValueError(str(e)) from e
+    sys.stdout.write(json.dumps([r.to_dict() for r in reports], indent=2) + "\n" if args.json
+                     else f"{path}\n")
+    return 0
+
+
 @command("demo", help="embedded demo: build, re-parameterize, check, time, save and reload", args=[
     arg("--model", default="unireplknet_a", help="variant to build (default: unireplknet_a)"),
     arg("--input-size", type=positive_int, default=224, metavar="N", help="input size (default: 224)"),
@@ -99,6 +122,175 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.model, input_size=args.input_size)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else format_demo(result) + "\n")
     return 0 if result["reload_equal"] and result["rel_err"] <= 1e-5 else 1
+
+
+@command("export", help="export to ONNX or torch.export (.pt2) with a dynamic batch and check parity", args=[
+    arg("source", metavar="SOURCE",
+        help="a model name (e.g. unireplknet_a; random weights) or a checkpoint file (.pth/.safetensors)"),
+    arg("--format", choices=["onnx", "torch-export"], default=None,
+        help="onnx (.onnx, run with onnxruntime) or torch-export (.pt2); default: from -o, else onnx"),
+    arg("-o", "--output", metavar="OUT", default=None,
+        help="output file (default: <source stem>.onnx / .pt2 in the current directory)"),
+    arg("--model", default=None, metavar="NAME",
+        help="architecture of a checkpoint that does not record it (the authors' .pth files)"),
+    arg("--num-classes", type=non_negative_int, default=None, metavar="N",
+        help="classifier classes (default: the model's / the checkpoint's; 0 = pooled features)"),
+    arg("--in-chans", type=positive_int, default=None, metavar="N", help="input channels"),
+    arg("--features-only", action="store_true",
+        help="export the dense-prediction backbone (four outputs stage0..stage3)"),
+    arg("--input-size", type=positive_int, default=None, metavar="N",
+        help="square input size (default: the model's pretrained_cfg, else 224)"),
+    arg("--batch", type=positive_int, default=2, metavar="N",
+        help="batch of the example input, >= 2 (default: 2); the batch stays dynamic"),
+    arg("--atol", type=float, default=1e-4, help="parity tolerance, max abs diff (default: 1e-4)"),
+    arg("--no-verify", action="store_true", help="skip running the exported file"),
+    arg("--json", action="store_true", help="print the result as JSON"),
+])
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a model in its inference form (a train-form model is re-parameterized first) with a
+    dynamic batch, then run the file (onnxruntime / torch.export.load) at another batch size and
+    compare with PyTorch. Exit code 1 when a difference exceeds --atol."""
+    from pathlib import Path
+
+    from .models.checkpoint import model_from_checkpoint
+    from .models.registry import create_model
+    from .tools.export import FORMATS, check_batch, check_path, export_model, format_export
+
+    fmt = args.format
+    if fmt is None and args.output is not None:
+        suffix = Path(args.output).suffix.lower()
+        fmt = next((f for f, s in FORMATS.items() if s == suffix), None)
+        if fmt is None:
+            raise ValueError(f"cannot tell the format from {args.output!r}: name it .onnx or .pt2, "
+                             "or give --format onnx|torch-export")
+    fmt = fmt or "onnx"
+    source = Path(args.source)
+    opts = dict(num_classes=args.num_classes, in_chans=args.in_chans,
+                features_only=True if args.features_only else None)
+    if source.is_file():
+        stem = source.stem
+    elif source.suffix.lower() in (".pth", ".pt", ".bin", ".safetensors") or "/" in args.source:
+        raise FileNotFoundError(f"checkpoint {args.source} does not exist (SOURCE is a checkpoint "
+                                "file or a model name such as unireplknet_a)")
+    else:
+        if args.model is not None:
+            raise ValueError(f"--model names the architecture of a checkpoint file; {args.source!r} "
+                             "is not a file (to export a model by name, give the name as SOURCE)")
+        stem = args.source
+    out = check_path(args.output if args.output is not None else Path.cwd() / (stem + FORMATS[fmt]), fmt)
+    check_batch(args.batch)
+    if source.is_file():
+        model = model_from_checkpoint(source, args.model, **opts)
+    else:
+        model = create_model(args.source, **opts)
+        log.info("%s: random initialisation (no weights loaded)", args.source)
+    try:
+        result = export_model(model, out, fmt, input_size=args.input_size, batch=args.batch,
+                              verify=not args.no_verify, atol=args.atol)
+    except ImportError as e:  # missing optional dependencies: a one-line error naming the extra
+        raise ValueError(str(e)) from e
+    sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n" if args.json
+                     else format_export(result) + "\n")
+    return 1 if result.ok is False else 0
+
+
+@command("erf", help="effective receptive field (RepLKNet's procedure): area ratios and heatmaps", args=[
+    arg("models", nargs="+", metavar="MODEL",
+        help="model specs compared side by side: NAME (e.g. unireplknet_a), NAME:kK for the same "
+             "net with every block's kernel set to K (unireplknet_a:k3 is UniRepLKNet-A with 3x3 "
+             "kernels), or NAME:kK0,K1,K2,K3 for one kernel size per stage"),
+    arg("--checkpoint", nargs="+", default=None, metavar="CKPT",
+        help="one checkpoint per MODEL, in order ('-' for none: fresh initialisation), loaded with "
+             "model_from_checkpoint"),
+    arg("--images", default=None, metavar="DIR",
+        help="image directory (jpg/png/...; sorted by name, the first --max-images used)"),
+    arg("--random", type=positive_int, default=None, metavar="N",
+        help="use N random normal images instead of real ones (default: 50 when --images is not given)"),
+    arg("--max-images", type=positive_int, default=50, metavar="N",
+        help="at most N images from --images (default: 50, as RepLKNet)"),
+    arg("--size", type=positive_int, default=1024, metavar="N",
+        help="input size, a multiple of 32 (default: 1024)"),
+    arg("--kernel-sizes", type=positive_int, nargs="+", default=None, metavar="K",
+        help="kernel sizes for every MODEL without a :k suffix: one K for all blocks, or four (one "
+             "per stage), as the kernel_sizes constructor argument"),
+    arg("--simulate-trained", action="store_true",
+        help="give freshly initialised models non-trivial BN/GRN/layer-scale values "
+             "(simulate_trained_statistics); at initialisation the layer scales are 1e-6, so the "
+             "blocks barely contribute and every kernel size gives the same ERF"),
+    arg("--seed", type=int, default=0, help="seed of the initialisation and random images (default: 0)"),
+    arg("-o", "--output", default=None, metavar="OUT.png",
+        help="write the heatmaps side by side to this PNG"),
+    arg("--json", action="store_true", help="print the numbers as JSON"),
+])
+def cmd_erf(args: argparse.Namespace) -> int:
+    """Effective receptive field, RepLKNet's procedure: the input gradient of the last stage's
+    centre pixel, averaged over images and log-rescaled, and the high-contribution area ratios
+    r(t): the share of the image covered by the smallest centred square holding t of the total,
+    for t = 20/30/50/99%. Example: `largekernel erf unireplknet_a unireplknet_a:k3
+    --simulate-trained --random 8 -o erf.png` compares 13x13 with 3x3 kernels."""
+    from pathlib import Path
+
+    import torch
+
+    from .layers import simulate_trained_statistics
+    from .models.checkpoint import model_from_checkpoint
+    from .models.registry import create_model
+    from .tools.erf import (check_size, compute_erf, format_percent, image_files,
+                            parse_model_spec, plot_erf)
+
+    check_size(args.size)
+    if args.output is not None and not args.output.lower().endswith(".png"):
+        raise ValueError(f"-o writes a PNG; give a path ending in .png, got {args.output!r}")
+    if args.images is not None and args.random is not None:
+        raise ValueError("give either --images DIR or --random N, not both")
+    if args.images is not None:
+        image_files(args.images, args.max_images)  # fail early on a missing or empty directory
+    checkpoints = args.checkpoint or ["-"] * len(args.models)
+    if len(checkpoints) != len(args.models):
+        raise ValueError(f"--checkpoint needs one entry per MODEL ('-' for none): got "
+                         f"{len(checkpoints)} for {len(args.models)} models")
+    default_kernels = None
+    if args.kernel_sizes is not None:
+        if len(args.kernel_sizes) not in (1, 4):
+            raise ValueError(f"--kernel-sizes takes one K or four (one per stage), got {args.kernel_sizes}")
+        default_kernels = tuple(args.kernel_sizes) * (4 // len(args.kernel_sizes))
+    specs = [parse_model_spec(s) for s in args.models]
+    results, rows = [], []
+    for spec, (name, kernels), ckpt in zip(args.models, specs, checkpoints):
+        kernels = kernels or default_kernels
+        torch.manual_seed(args.seed)
+        if ckpt != "-":
+            model = model_from_checkpoint(ckpt, name, kernel_sizes=kernels)
+            label = f"{spec} ({Path(ckpt).name})"
+            if args.simulate_trained:
+                log.warning("%s: --simulate-trained applies to fresh models only; using the "
+                            "checkpoint's weights", label)
+        else:
+            model = create_model(name, kernel_sizes=kernels)
+            if args.simulate_trained:
+                simulate_trained_statistics(model, args.seed)
+            label = spec
+        try:
+            result = compute_erf(model, image_dir=args.images, max_images=args.max_images,
+                                 n_random=args.random or 50, size=args.size, seed=args.seed, name=label)
+        except ImportError as e:  # Pillow missing: a one-line error
+            raise ValueError(str(e)) from e
+        results.append(result)
+        rows.append(dict(result.to_dict(), spec=spec, checkpoint=None if ckpt == "-" else ckpt,
+                         kernel_sizes=[list(k) for k in model.model_args["kernel_sizes"]],
+                         simulated_statistics=bool(args.simulate_trained and ckpt == "-")))
+    if args.output is not None:
+        try:
+            plot_erf(results, args.output)
+        except ImportError as e:  # matplotlib missing: a one-line error naming the extra
+            raise ValueError(str(e)) from e
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    header = ["model"] + [f"r({t:.0%})" for t in results[0].ratios]
+    table = [[r.model] + [format_percent(v) for v in r.ratios.values()] for r in results]
+    sys.stdout.write(format_table(header, table, right=range(1, len(header))))
+    return 0
 
 
 # ---- plumbing ------------------------------------------------------------------------------------

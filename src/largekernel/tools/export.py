@@ -1,0 +1,367 @@
+"""Export to ONNX or torch.export (.pt2) with a dynamic batch, and check the artefact's parity.
+
+`export_model` folds a train-form model into its inference form first (on a copy), swaps any module
+that has a plain-PyTorch twin for that twin (the hook a fast custom kernel plugs into: neither
+exporter can see through a custom op), exports with a dynamic batch dimension, then runs the file it
+wrote (onnxruntime on CPU, or `torch.export.load(...).module()`) at ANOTHER batch size and reports the
+max abs difference per output against the PyTorch model.
+
+torch 2.13: `torch.onnx.export(..., dynamo=True)` (the torch.export-based exporter, needs onnx and
+onnxscript) with `dynamic_shapes=`; the TorchScript exporter (`dynamo=False`) is deprecated there.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..layers import reparameterize
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+INSTALL_HINT = 'pip install "largekernel[export]"'
+# protobuf cannot hold an ONNX file over 2 GiB: weights beyond this go to a side file `<name>.data`
+ONNX_INLINE_LIMIT = 1800 * 2**20
+
+
+@dataclass
+class ExportResult:
+    """What `export_model` wrote and how well the artefact matches the PyTorch model.
+
+    `max_abs_diff`: per output, artefact vs the exported (deploy-form) PyTorch model.
+    `max_abs_diff_source`: per output, artefact vs the model as given, when it was folded first.
+    `ok`: every difference <= atol; None when not verified.
+    """
+
+    path: str
+    format: str
+    input_name: str
+    input_shape: list[int]
+    output_names: list[str]
+    output_shapes: list[list[int]]
+    dynamic_batch: bool = True
+    files: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    reparameterized: bool = False
+    verified: bool = False
+    verify_shape: list[int] | None = None
+    runtime: str | None = None
+    atol: float = 1e-4
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    max_abs_diff_source: dict[str, float] | None = None
+    ok: bool | None = None
+    seconds_prepare: float = 0.0
+    seconds_export: float = 0.0
+    seconds_verify: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- preparation ---------------------------------------------------------------------------------
+
+def _plain_fn(module: nn.Module):
+    for attr in ("to_plain", "plain"):
+        fn = getattr(module, attr, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def has_fast_path(model: nn.Module) -> bool:
+    """Whether any module offers a plain-PyTorch twin (`to_plain()` / `plain()`)."""
+    return any(_plain_fn(m) is not None for m in model.modules())
+
+
+def to_plain(model: nn.Module) -> nn.Module:
+    """Swap (in place) every module with a `to_plain()` / `plain()` method for what it returns.
+
+    The hook for fast kernels: a module backed by a custom op returns an equivalent module made of
+    plain PyTorch ops (e.g. `nn.Conv2d`), which ONNX and torch.export can translate. Today every
+    conv in largekernel is already a plain `nn.Conv2d`, so this changes nothing.
+    """
+    root = _plain_fn(model)
+    if root is not None:
+        return root()
+    for name, child in list(model.named_children()):
+        fn = _plain_fn(child)
+        setattr(model, name, fn()) if fn is not None else to_plain(child)
+    return model
+
+
+def _is_train_form(model: nn.Module) -> bool:
+    return any(hasattr(m, "reparameterize") and not getattr(m, "deploy", False) for m in model.modules())
+
+
+def prepare_for_export(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The inference form of `model`, in eval mode: folded and made plain on a copy when needed.
+
+    Returns `(deploy_model, reparameterized)`. `model` itself is only switched to eval mode (the
+    caller restores its mode); its weights are never changed.
+    """
+    model.eval()
+    folded = False
+    if _is_train_form(model):
+        model = reparameterize(model)  # a deep copy, folded
+        folded = True
+        log.info("re-parameterized a copy of the model into its inference (deploy) form")
+    if has_fast_path(model):
+        model = to_plain(model if folded else copy.deepcopy(model)).eval()
+        log.info("swapped fast-path modules for their plain-PyTorch equivalents")
+    return model, folded
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def _require(fmt: str, verify: bool) -> None:
+    if fmt != "onnx":
+        return
+    needed = ["onnx", "onnxscript"] + (["onnxruntime"] if verify else [])
+    missing = []
+    for name in needed:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}, which is not installed: "
+                          f"run `{INSTALL_HINT}` (onnx, onnxscript, onnxruntime)")
+
+
+def check_path(path: str | Path, fmt: str) -> Path:
+    """Validate the format and that the file suffix matches it; returns the path."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    path = Path(path)
+    suffix = FORMATS[fmt]
+    if path.suffix.lower() != suffix:
+        other = next((f for f, s in FORMATS.items() if s == path.suffix.lower()), None)
+        hint = f", or use format {other!r} for a {path.suffix} file" if other else ""
+        raise ValueError(f"format {fmt!r} writes {suffix} files; give an output path ending in "
+                         f"{suffix} (got {str(path)!r}){hint}")
+    return path
+
+
+def check_batch(batch: int) -> None:
+    """The example batch must be >= 2: torch.export specializes a size-1 dimension to a constant."""
+    if batch < 2:
+        raise ValueError(f"batch must be >= 2 for a dynamic batch (torch.export specializes a size-1 "
+                         f"dimension); got {batch}. The exported model still accepts batch 1.")
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int]:
+    """(H, W) from the model's pretrained_cfg input_size, else 224x224."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    return (int(size[-2]), int(size[-1])) if size else (224, 224)
+
+
+def _hw(input_size) -> tuple[int, int]:
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    hw = tuple(int(s) for s in input_size)[-2:]
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"input_size must be N or (H, W) with positive sizes, got {input_size!r}")
+    return hw
+
+
+def output_names_of(model: nn.Module) -> list[str]:
+    """`stage{i}` per feature map of a features_only backbone; else `logits` (`features` if no head)."""
+    if getattr(model, "features_only", False):
+        return [f"stage{i}" for i in model.out_indices]
+    return ["logits" if getattr(model, "num_classes", 1) else "features"]
+
+
+def _as_list(y) -> list[torch.Tensor]:
+    return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporters' upstream noise (deprecation warnings, 'torchvision is not installed') to DEBUG."""
+    noisy = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration",
+                                             "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for lg, lv in zip(noisy, levels):
+            lg.setLevel(lv)
+    for w in {(w.category.__name__, str(w.message)) for w in caught}:
+        log.debug("exporter warning: %s: %s", *w)
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+# ---- export and verification ---------------------------------------------------------------------
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, names: list[str]) -> list[Path]:
+    from torch.export import Dim
+
+    external = _param_bytes(model) > ONNX_INLINE_LIMIT
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # a stale side file from an earlier export would mislead
+    with _quiet_exporter():
+        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False,
+                          dynamic_shapes=({0: Dim("batch")},), input_names=["input"],
+                          output_names=names, external_data=external)
+    return [path] + ([data] if data.is_file() else [])
+
+
+def _export_torch(model: nn.Module, x: torch.Tensor, path: Path) -> list[Path]:
+    from torch.export import Dim
+
+    with _quiet_exporter():
+        ep = torch.export.export(model, (x,), dynamic_shapes=({0: Dim("batch")},))
+        torch.export.save(ep, str(path))
+    return [path]
+
+
+def run_artefact(path: str | Path, fmt: str, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run an exported file on `x`: onnxruntime (CPU) for .onnx, `torch.export.load` for .pt2."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
+        return [torch.from_numpy(y) for y in sess.run(None, feed)]
+    with _quiet_exporter():
+        module = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        return [y.detach().cpu() for y in _as_list(module(x))]
+
+
+def _max_diffs(names, got, ref) -> dict[str, float]:
+    if len(got) != len(ref):
+        raise RuntimeError(f"the artefact returned {len(got)} outputs, the model {len(ref)}")
+    out = {}
+    for n, a, b in zip(names, got, ref):
+        b = b.detach().cpu()
+        if tuple(a.shape) != tuple(b.shape):
+            raise RuntimeError(f"output {n}: artefact shape {tuple(a.shape)} vs model {tuple(b.shape)}")
+        out[n] = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+    return out
+
+
+def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
+                 input_size: int | Sequence[int] | None = None, batch: int = 2, verify: bool = True,
+                 atol: float = 1e-4, verify_batch: int | None = None, seed: int = 0) -> ExportResult:
+    """Export `model` to `path` (`format` "onnx" -> .onnx, "torch-export" -> .pt2), dynamic batch.
+
+    The model is exported in eval mode and inference form (a train-form model is re-parameterized
+    on a copy; modules with a plain twin are swapped for it). `input_size` (N or (H, W)) defaults to
+    the pretrained_cfg's; the example input is `batch` x in_chans x H x W. With `verify`, the file is
+    run at batch `verify_batch` (default batch + 1) and compared with the PyTorch model; `ok` says
+    whether every max abs difference is <= `atol` (1e-4 suits fp32).
+    """
+    path = check_path(path, format)
+    check_batch(batch)
+    verify_batch = batch + 1 if verify_batch is None else verify_batch
+    if verify and verify_batch == batch:
+        raise ValueError("verify_batch must differ from batch, to show that the batch is dynamic")
+    _require(format, verify)
+    h, w = _hw(input_size) if input_size is not None else default_input_size(model)
+    ref_param = next(iter(model.parameters()), None)
+    device = ref_param.device if ref_param is not None else torch.device("cpu")
+    dtype = ref_param.dtype if ref_param is not None else torch.float32
+    in_chans = int(getattr(model, "in_chans", 3))
+    names = output_names_of(model)
+
+    was_training = model.training
+    start = time.perf_counter()
+    try:
+        deploy, folded = prepare_for_export(model)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, in_chans, h, w, generator=gen).to(device, dtype)
+        with torch.no_grad():
+            example_out = _as_list(deploy(x))
+        if len(example_out) != len(names):
+            names = [f"output{i}" for i in range(len(example_out))]
+        t_prepare = time.perf_counter() - start
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("exporting to %s (%s), input %dx%dx%dx%d, batch dynamic", path, format,
+                 batch, in_chans, h, w)
+        start = time.perf_counter()
+        files = (_export_onnx(deploy, x, path, names) if format == "onnx"
+                 else _export_torch(deploy, x, path))
+        t_export = time.perf_counter() - start
+        log.info("exported in %.1f s", t_export)
+
+        result = ExportResult(
+            path=str(path), format=format, input_name="input" if format == "onnx" else "x",
+            input_shape=list(x.shape), output_names=names,
+            output_shapes=[list(y.shape) for y in example_out], files=[str(f) for f in files],
+            size_bytes=sum(f.stat().st_size for f in files), reparameterized=folded, atol=atol,
+            seconds_prepare=t_prepare, seconds_export=t_export)
+        if not verify:
+            return result
+
+        start = time.perf_counter()
+        xv = torch.randn(verify_batch, in_chans, h, w, generator=gen).to(device, dtype)
+        got = run_artefact(path, format, xv)
+        with torch.no_grad():
+            ref = _as_list(deploy(xv))
+            result.max_abs_diff = _max_diffs(names, got, ref)
+            if folded:
+                result.max_abs_diff_source = _max_diffs(names, got, _as_list(model(xv)))
+        result.seconds_verify = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+
+    result.verified = True
+    result.verify_shape = list(xv.shape)
+    result.runtime = "onnxruntime CPU" if format == "onnx" else "torch.export.load"
+    diffs = [*result.max_abs_diff.values(), *(result.max_abs_diff_source or {}).values()]
+    result.ok = all(d <= atol for d in diffs)
+    (log.info if result.ok else log.warning)(
+        "parity at batch %d (%s, %.1f s): max |diff| %s (atol %.0e)", verify_batch, result.runtime,
+        result.seconds_verify, ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items()), atol)
+    return result
+
+
+def format_export(r: ExportResult) -> str:
+    """A short human-readable report of an `ExportResult`."""
+    def shape(s):
+        return "x".join(map(str, s))
+
+    form = "re-parameterized copy" if r.reparameterized else "as given (inference form)"
+    lines = [f"exported  {r.path}  ({r.format}, {r.size_bytes / 2**20:.1f} MiB"
+             + (f" in {len(r.files)} files" if len(r.files) > 1 else "")
+             + f", {r.seconds_export:.1f} s; model: {form})",
+             f"input     {r.input_name} {shape(r.input_shape)}  (batch dynamic)"]
+    width = max(len(n) for n in r.output_names)
+    for i, (n, s) in enumerate(zip(r.output_names, r.output_shapes)):
+        lines.append(f"{'outputs' if i == 0 else '':<9} {n:<{width}} {shape(s)}")
+    if not r.verified:
+        lines.append("parity    not checked (--no-verify)")
+        return "\n".join(lines)
+    lines.append(f"parity    at {shape(r.verify_shape)} vs the PyTorch model ({r.runtime}, "
+                 f"{r.seconds_verify:.1f} s):")
+    for n, d in r.max_abs_diff.items():
+        line = f"  {n:<{width}} max |diff| = {d:.1e} {'<=' if d <= r.atol else '>'} {r.atol:.0e} " \
+               f"{'OK' if d <= r.atol else 'FAIL'}"
+        if r.max_abs_diff_source is not None:
+            s = r.max_abs_diff_source[n]
+            line += f"   (vs the train form: {s:.1e}{'' if s <= r.atol else ' FAIL'})"
+        lines.append(line)
+    lines.append("result    " + ("OK" if r.ok else f"FAILED: a difference exceeds atol {r.atol:.0e}"))
+    return "\n".join(lines)
