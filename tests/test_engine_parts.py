@@ -144,6 +144,15 @@ def test_epoch_sampler_is_deterministic_sharded_and_resumable():
         s.set_epoch(3)
     seen = [i for s in shards for i in s]
     assert len(seen) == 12 and set(seen) == set(range(10))
+    # blocks of 2 over 2 ranks: step k's rank-r batch is the single-process micro-batch 2k+r
+    ranks = [EpochSampler(12, seed=1, rank=r, world=2, block=2) for r in range(2)]
+    single = EpochSampler(12, seed=1)
+    for s in ranks + [single]:
+        s.set_epoch(0)
+    flat = list(single)
+    for k in range(3):
+        for r in range(2):
+            assert list(ranks[r])[2 * k:2 * k + 2] == flat[(2 * k + r) * 2:(2 * k + r) * 2 + 2]
 
 
 def test_seeded_samples_do_not_touch_global_rng():

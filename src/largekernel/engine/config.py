@@ -99,17 +99,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _coerce(name: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the type of field `name` (tuples from lists, "none" -> None)."""
-    default = TrainConfig.__dataclass_fields__[name].default
+    spec = TrainConfig.__dataclass_fields__[name]
+    default = spec.default
     if isinstance(value, str):
         if value.lower() in ("none", "null", ""):
             return None
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            pass  # a plain string
+            if "," in value and ("tuple" in str(spec.type) or "list" in str(spec.type)):
+                value = [_coerce_item(v.strip()) for v in value.split(",")]  # a,b,c
     if isinstance(value, list) and isinstance(default, tuple):
         value = tuple(value)
     return value
+
+
+def _coerce_item(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def resolve_config(preset: str | None = None, yaml_path: str | Path | None = None,

@@ -85,13 +85,18 @@ def load_training_state(path: Path) -> dict:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A seeded permutation per epoch, sharded over ranks, that can start part-way through.
+    """A seeded permutation per epoch, sharded over ranks in blocks of `block` samples, that can
+    start part-way through.
 
-    The order is a pure function of (seed, epoch), so a resumed run sees the same batches.
+    The order is a pure function of (seed, epoch), so a resumed run sees the same batches. Rank r
+    takes blocks r, r+W, r+2W, ...: with `block` = the per-rank batch, the W ranks of one step see the
+    same groups of samples as W accumulation micro-batches of a single process.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 block: int = 1):
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.block = block
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -104,15 +109,17 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        per_rank = -(-self.n // self.world)
-        order += order[: per_rank * self.world - self.n]  # pad so every rank has as many
-        return order[self.rank::self.world]
+        stride = self.world * self.block
+        total = -(-self.n // stride) * stride
+        order = (order * (total // max(1, self.n) + 1))[:total]  # pad so every rank has as many
+        return [order[b + i] for b in range(self.rank * self.block, total, stride)
+                for i in range(self.block)]
 
     def __iter__(self):
         return iter(self.indices()[self.start:])
 
     def __len__(self) -> int:
-        return -(-self.n // self.world) - self.start
+        return len(self.indices()) - self.start
 
 
 class SeededSamples(torch.utils.data.Dataset):

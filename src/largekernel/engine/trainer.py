@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ def autocast_context(amp: str | None, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint; the same command resumes."""
+
+
 class Trainer:
     """Train a model for one modality as described by a `TrainConfig`."""
 
@@ -102,7 +107,8 @@ class Trainer:
         cfg.classes = list(self.classes)
         self.train_set = SeededSamples(data.train, cfg.seed)
         self.val_set = data.val
-        self.sampler = EpochSampler(len(self.train_set), cfg.seed, True, self.dist.rank, self.dist.world)
+        self.sampler = EpochSampler(len(self.train_set), cfg.seed, True, self.dist.rank,
+                                    self.dist.world, block=cfg.batch_size)
         self.steps_per_epoch = max(1, len(self.sampler) // (cfg.batch_size * cfg.accum_steps))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
@@ -201,8 +207,22 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
         gen = torch.Generator()
-        start_time, seen = time.perf_counter(), 0
+        start_time, self.seen = time.perf_counter(), 0
         progress = _progress(self.total_steps, self.step, enabled=self.dist.main)
+        stop = []
+        handlers = {sig: signal.signal(sig, lambda *_: stop.append(True))
+                    for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+        try:
+            self._train_loop(progress, stop, warmup, gen, start_time)
+        finally:
+            progress.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return self._finish(time.perf_counter() - start_time, self.seen)
+
+    def _train_loop(self, progress, stop: list, warmup: int, gen: torch.Generator,
+                    start_time: float) -> None:
+        cfg = self.cfg
         while self.epoch < cfg.epochs and self.step < self.total_steps:
             self.ddp.train()
             micro = 0
@@ -226,7 +246,7 @@ class Trainer:
                 with ctx:
                     self.scaler.scale(loss / cfg.accum_steps).backward()
                 micro += 1
-                seen += x.shape[0] * self.dist.world
+                self.seen += x.shape[0] * self.dist.world
                 if not sync:
                     continue
                 micro = 0
@@ -242,20 +262,22 @@ class Trainer:
                     self.ema.update(self.model)
                 self.step += 1
                 self.epoch_step += 1
-                rate = seen / (time.perf_counter() - start_time)
+                rate = self.seen / (time.perf_counter() - start_time)
                 progress.update(epoch=self.epoch, loss=loss.item(), lr=lr, rate=rate)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._log(dict(kind="step", step=self.step, epoch=self.epoch, loss=loss.item(),
                                    lr=lr, samples_per_s=rate))
                 if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
                     self._save()
+                if stop:
+                    self._save()
+                    raise Interrupted(f"interrupted at step {self.step}; checkpoint written to "
+                                      f"{self.ckpt_dir}; run the same command again to resume")
                 if self.step >= self.total_steps or self.epoch_step >= self.steps_per_epoch:
                     break
             self.epoch += 1
             self.epoch_step = 0
             self._end_epoch()
-        progress.close()
-        return self._finish(time.perf_counter() - start_time, seen)
 
     def _end_epoch(self) -> None:
         record = dict(kind="epoch", epoch=self.epoch, step=self.step)
@@ -301,6 +323,11 @@ class Trainer:
                 log.info("matplotlib not installed: no plots")
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 class _progress:
