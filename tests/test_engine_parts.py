@@ -34,6 +34,8 @@ def test_config_layers_and_errors(tmp_path):
     cfg = resolve_config("in1k_t", path, parse_overrides(["lr=0.002", "clip_grad=none", "amp=bf16"]))
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.scale, cfg.clip_grad, cfg.amp) == \
         ("unireplknet_t", 7, 0.002, (0.5, 1.0), None, "bf16")
+    off = resolve_config("in1k_t", overrides={"randaug": None, "ema_decay": None})
+    assert off.randaug is None and resolve_config("in1k_t").randaug == "m9"
     with pytest.raises(ValueError, match="unknown config option.*'lrr'"):
         resolve_config(overrides={"lrr": 1})
     with pytest.raises(ValueError, match="unknown preset 'nope'; available: in1k_a"):

@@ -139,7 +139,7 @@ def resolve_config(preset: str | None = None, yaml_path: str | Path | None = Non
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of option: value")
         values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values.update(overrides or {})  # an explicit None (e.g. randaug=None) switches a feature off
     known = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
