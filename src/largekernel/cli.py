@@ -19,7 +19,8 @@ from .models.hub import PretrainedNotAvailable
 log = logging.getLogger("largekernel.cli")
 
 # Errors caused by the user's input: one line on stderr, exit code 2 (a traceback only with -v).
-USER_ERRORS = (ValueError, CheckpointError, FileNotFoundError, PretrainedNotAvailable)
+USER_ERRORS = (ValueError, CheckpointError, FileNotFoundError, PretrainedNotAvailable,
+               ImportError)  # ImportError: an optional extra is missing; the message names it
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[tuple[str, str, list[tuple[tuple, dict]], Handler]] = []
@@ -100,11 +101,8 @@ def _info_report(args: argparse.Namespace) -> int:
     from .tools.report import report_format, write_report
 
     report_format(args.report)  # a wrong suffix fails before any measurement
-    try:
-        path, reports = write_report(args.report, args.models, input_size=args.input_size,
-                                     num_classes=args.num_classes, in_chans=args.in_chans)
-    except ImportError as e:  # matplotlib missing: a one-line error naming the extra
-        raise ValueError(str(e)) from e
+    path, reports = write_report(args.report, args.models, input_size=args.input_size,
+                                 num_classes=args.num_classes, in_chans=args.in_chans)
     sys.stdout.write(json.dumps([r.to_dict() for r in reports], indent=2) + "\n" if args.json
                      else f"{path}\n")
     return 0
@@ -186,11 +184,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         model = create_model(args.source, **opts)
         log.info("%s: random initialisation (no weights loaded)", args.source)
-    try:
-        result = export_model(model, out, fmt, input_size=args.input_size, batch=args.batch,
-                              verify=not args.no_verify, atol=args.atol)
-    except ImportError as e:  # missing optional dependencies: a one-line error naming the extra
-        raise ValueError(str(e)) from e
+    result = export_model(model, out, fmt, input_size=args.input_size, batch=args.batch,
+                          verify=not args.no_verify, atol=args.atol)
     sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n" if args.json
                      else format_export(result) + "\n")
     return 1 if result.ok is False else 0
@@ -272,20 +267,14 @@ def cmd_erf(args: argparse.Namespace) -> int:
             if args.simulate_trained:
                 simulate_trained_statistics(model, args.seed)
             label = spec
-        try:
-            result = compute_erf(model, image_dir=args.images, max_images=args.max_images,
-                                 n_random=args.random or 50, size=args.size, seed=args.seed, name=label)
-        except ImportError as e:  # Pillow missing: a one-line error
-            raise ValueError(str(e)) from e
+        result = compute_erf(model, image_dir=args.images, max_images=args.max_images,
+                             n_random=args.random or 50, size=args.size, seed=args.seed, name=label)
         results.append(result)
         rows.append(dict(result.to_dict(), spec=spec, checkpoint=None if ckpt == "-" else ckpt,
                          kernel_sizes=[list(k) for k in model.model_args["kernel_sizes"]],
                          simulated_statistics=bool(args.simulate_trained and ckpt == "-")))
     if args.output is not None:
-        try:
-            plot_erf(results, args.output)
-        except ImportError as e:  # matplotlib missing: a one-line error naming the extra
-            raise ValueError(str(e)) from e
+        plot_erf(results, args.output)
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0

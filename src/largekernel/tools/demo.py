@@ -62,6 +62,7 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, fresh:
     samples = [val.samples[i][0] for i in range(0, len(val), max(1, len(val) // 5))][:5]
     preds = predict_files(trained, samples, topk=1)
     return dict(run_dir=summary["run_dir"], data=str(data), epochs=summary["epochs"],
+                steps=summary["steps"],
                 train_seconds=train_seconds, samples_per_s=summary["samples_per_s"],
                 val_top1=metrics["top1"], val_n=metrics["n"], best=summary["best"],
                 deploy=str(deploy_path), deploy_same_predictions=same, deploy_max_abs_diff=max_diff,
