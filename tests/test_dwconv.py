@@ -1,0 +1,62 @@
+"""The depthwise conv with the fast CPU backward equals nn.Conv2d in forward and both gradients."""
+import pytest
+import torch
+from torch import nn
+
+from largekernel.layers.dwconv import DepthwiseConv2d
+
+CASES = [  # (kernel, dilation, height, width)
+    (3, 1, 9, 9), (5, 1, 8, 11), (7, 1, 14, 14), (13, 1, 14, 13), (13, 1, 7, 7), (17, 1, 12, 12),
+    (31, 1, 14, 14), (5, 2, 10, 9), (7, 2, 16, 16), (3, 3, 9, 12), (3, 5, 13, 13), (9, 2, 11, 10),
+]
+
+
+def rel(a, b):
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+@pytest.mark.parametrize("k,d,h,w", CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_and_gradients_equal_conv2d(k, d, h, w, channels_last):
+    torch.manual_seed(k * 100 + d)
+    c, n = 6, 3
+    pad = (d * (k - 1) + 1) // 2
+    fast = DepthwiseConv2d(c, k, padding=pad, dilation=d, bias=True)
+    ref = nn.Conv2d(c, c, k, padding=pad, dilation=d, groups=c, bias=True)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(n, c, h, w)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = fast(x1), ref(x2)
+    g = torch.randn_like(y2)
+    y1.backward(g)
+    y2.backward(g)
+    assert y1.shape == y2.shape
+    assert rel(y1, y2) <= 1e-6
+    assert rel(x1.grad, x2.grad) <= 1e-5
+    assert rel(fast.weight.grad, ref.weight.grad) <= 1e-5
+    assert rel(fast.bias.grad, ref.bias.grad) <= 1e-5
+
+
+def test_float64_gradcheck():
+    conv = DepthwiseConv2d(2, 5, padding=4, dilation=2, bias=True).double()
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(conv, (x,))
+
+
+def test_weight_only_and_input_only_gradients():
+    conv = DepthwiseConv2d(4, 7, padding=3)
+    x = torch.randn(2, 4, 10, 10, requires_grad=True)
+    conv.weight.requires_grad_(False)
+    conv(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is None
+    conv.weight.requires_grad_(True)
+    conv(torch.randn(2, 4, 10, 10)).sum().backward()
+    assert conv.weight.grad is not None
+
+
+def test_state_dict_is_plain_conv():
+    conv = DepthwiseConv2d(8, 13, padding=6, bias=True)
+    assert isinstance(conv, nn.Conv2d)
+    assert set(conv.state_dict()) == {"weight", "bias"} and conv.weight.shape == (8, 1, 13, 13)
