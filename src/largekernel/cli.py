@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
@@ -335,7 +336,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{cfg.output} already holds checkpoints; resume it (drop --no-resume) or "
                          "pick another --output")
     summary = Trainer(cfg, resume=args.resume).fit()
-    sys.stdout.write(format_summary(summary))
+    if summary["rank"] == 0:
+        sys.stdout.write(format_summary(summary))
     return 0
 
 

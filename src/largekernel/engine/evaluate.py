@@ -12,7 +12,8 @@ from ..modalities import collate
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int,
              device: torch.device, amp: str | None = None, workers: int = 0) -> dict:
-    """Metrics of `model` on `dataset` (percentages for accuracies); unreadable samples are counted."""
+    """Metrics of `model` on `dataset` (percentages for accuracies); unreadable samples are listed
+    under `skipped` with the reason."""
     from .trainer import autocast_context
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -41,4 +42,5 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: i
     correct = confusion.diag()
     per_class = (correct.double() / confusion.sum(1).clamp(min=1) * 100).tolist()
     return dict(loss=loss_sum / n, top1=correct.sum().item() / n * 100, top5=top5 / n * 100, n=n,
-                per_class=per_class, confusion=confusion.tolist(), skipped=[s.path for s in skipped])
+                per_class=per_class, confusion=confusion.tolist(),
+                skipped=[dict(path=s.path, reason=s.reason) for s in skipped])

@@ -90,13 +90,14 @@ class EpochSampler(torch.utils.data.Sampler):
 
     The order is a pure function of (seed, epoch), so a resumed run sees the same batches. Rank r
     takes blocks r, r+W, r+2W, ...: with `block` = the per-rank batch, the W ranks of one step see the
-    same groups of samples as W accumulation micro-batches of a single process.
+    same groups of samples as W accumulation micro-batches of a single process. The order is padded
+    (by repeating it) to whole optimizer steps of W x block x `accum` samples.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
-                 block: int = 1):
+                 block: int = 1, accum: int = 1):
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
-        self.block = block
+        self.block, self.accum = block, accum
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -110,7 +111,8 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             order = list(range(self.n))
         stride = self.world * self.block
-        total = -(-self.n // stride) * stride
+        whole_steps = stride * self.accum  # pad to whole optimizer steps, so 1 and N ranks agree
+        total = -(-self.n // whole_steps) * whole_steps
         order = (order * (total // max(1, self.n) + 1))[:total]  # pad so every rank has as many
         return [order[b + i] for b in range(self.rank * self.block, total, stride)
                 for i in range(self.block)]

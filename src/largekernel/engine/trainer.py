@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..modalities import collate, get_modality
+from ..modalities import Skipped, collate, get_modality
 from .config import TrainConfig
 from .ema import ModelEma
 from .evaluate import evaluate
@@ -108,7 +108,7 @@ class Trainer:
         self.train_set = SeededSamples(data.train, cfg.seed)
         self.val_set = data.val
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, True, self.dist.rank,
-                                    self.dist.world, block=cfg.batch_size)
+                                    self.dist.world, block=cfg.batch_size, accum=cfg.accum_steps)
         self.steps_per_epoch = max(1, len(self.sampler) // (cfg.batch_size * cfg.accum_steps))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
@@ -284,6 +284,7 @@ class Trainer:
         if self.val_set is not None and len(self.val_set) and (
                 self.epoch % self.cfg.eval_every == 0 or self.epoch >= self.cfg.epochs):
             metrics = self.evaluate(self.model)
+            self._count_skips([Skipped(d["path"], d["reason"]) for d in metrics["skipped"]])
             record.update({f"val_{k}": v for k, v in metrics.items() if not isinstance(v, list)})
             if self.ema:
                 ema_metrics = self.evaluate(self.ema.module)
@@ -305,7 +306,7 @@ class Trainer:
                         self.cfg.amp, workers=self.cfg.workers)
 
     def _finish(self, seconds: float, seen: int) -> dict:
-        summary = dict(run_dir=str(self.run_dir), epochs=self.epoch, steps=self.step,
+        summary = dict(rank=self.dist.rank, run_dir=str(self.run_dir), epochs=self.epoch, steps=self.step,
                        seconds=seconds, samples_per_s=seen / seconds if seconds else 0.0,
                        best_top1=self.best["metric"] if self.best["epoch"] is not None else None,
                        best_epoch=self.best["epoch"], skipped=len(self.skipped),
