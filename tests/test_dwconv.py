@@ -60,3 +60,20 @@ def test_state_dict_is_plain_conv():
     conv = DepthwiseConv2d(8, 13, padding=6, bias=True)
     assert isinstance(conv, nn.Conv2d)
     assert set(conv.state_dict()) == {"weight", "bias"} and conv.weight.shape == (8, 1, 13, 13)
+
+
+def test_bf16_autocast_backward_matches_stock_conv():
+    torch.manual_seed(0)
+    fast = DepthwiseConv2d(4, 13, padding=6, bias=True)
+    ref = nn.Conv2d(4, 4, 13, padding=6, groups=4, bias=True)
+    ref.load_state_dict(fast.state_dict())
+    x1, x2 = torch.randn(2, 4, 14, 14, requires_grad=True), None
+    x2 = x1.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y1, y2 = fast(x1), ref(x2)
+    assert y1.dtype == torch.bfloat16 and torch.equal(y1, y2)
+    y1.float().sum().backward()
+    y2.float().sum().backward()
+    assert fast.weight.grad.dtype == torch.float32 and x1.grad.dtype == torch.float32
+    assert rel(fast.weight.grad, ref.weight.grad) < 2e-2  # bf16 arithmetic on both sides
+    assert rel(x1.grad, x2.grad) < 2e-2

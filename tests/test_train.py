@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -514,3 +515,26 @@ def test_preset_runs_with_overrides_and_keeps_its_other_values(data, tmp_path):
     assert summary["steps"] == 1
     meta_cfg = json.loads(largekernel.models.checkpoint.read_metadata(run / "last.safetensors")["train_config"])
     assert meta_cfg["drop_path"] == 0.2
+
+
+# ---------------------------------------------------------------------- runtime options
+def test_amp_channels_last_grad_checkpointing_accumulation_clipping_ema_run(data, tmp_path):
+    """The engine's runtime options work together on CPU (bf16 autocast, channels_last, gradient
+    checkpointing, accumulation, clipping, layer decay, EMA), and TensorBoard gets the metrics."""
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--data", data, "--output", run, *TINY, "--epochs", "1",
+                              "--batch-size", "4", "--accum-steps", "2", "--max-steps", "2",
+                              "--amp", "bf16", "--channels-last", "--grad-checkpointing",
+                              "--clip-grad", "1.0", "--layer-decay", "0.8", "--ema-decay", "0.9",
+                              "--val-split", "0.25", "--log-every", "1"])
+    assert code == 0, err[-3000:]
+    records = read_jsonl(run / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2] and all(math.isfinite(r["loss"]) for r in steps)
+    epoch = [r for r in records if r["kind"] == "epoch"][0]
+    assert "ema_top1" in epoch and "val_top1" in epoch
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    code, _, err = run_cli(["train", "--data", data, "--output", tmp_path / "fp16", *TINY,
+                            "--amp", "fp16", "--max-steps", "1"])
+    assert code == 2 and "fp16 mixed precision needs CUDA" in err

@@ -132,7 +132,8 @@ class Trainer:
         self.lr = cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
         self.optimizer = build_optimizer(model, cfg.opt, self.lr, cfg.weight_decay, cfg.layer_decay,
                                          tuple(cfg.betas))
-        self.scaler = torch.amp.GradScaler(enabled=cfg.amp == "fp16")
+        autocast_context(cfg.amp, self.device)  # an invalid --amp fails here, before any work
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
         self.epoch, self.step, self.epoch_step = 0, 0, 0
         self.best = dict(metric=-math.inf, epoch=None, path=None)
@@ -190,9 +191,14 @@ class Trainer:
                           generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
 
     def _log(self, record: dict) -> None:
-        if self.dist.main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.dist.main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.tensorboard.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
     def _count_skips(self, skipped) -> None:
         for s in skipped:
@@ -202,9 +208,11 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
+        self.tensorboard = None
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            self.tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
         warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
         gen = torch.Generator()
         start_time, self.seen = time.perf_counter(), 0
@@ -216,6 +224,8 @@ class Trainer:
             self._train_loop(progress, stop, warmup, gen, start_time)
         finally:
             progress.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         return self._finish(time.perf_counter() - start_time, self.seen)
@@ -324,6 +334,16 @@ class Trainer:
                 log.info("matplotlib not installed: no plots")
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def _tensorboard_writer(folder: Path):
+    """A TensorBoard SummaryWriter when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.debug("tensorboard not installed: metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(folder))
 
 
 def _main_thread() -> bool:

@@ -29,10 +29,12 @@ class _DepthwiseConvFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
+        # under autocast the forward ran in dy's dtype: compute the gradients in it too (autograd
+        # casts each gradient back to its input's dtype)
+        x, weight, dy = x.to(dy.dtype), weight.to(dy.dtype), dy.contiguous()
         (ph, pw), (dh, dw) = ctx.padding, ctx.dilation
         c, _, kh, kw = weight.shape
         n, _, h, w = x.shape
-        dy = dy.contiguous()
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
             # transpose of a stride-1 conv: the flipped kernel with the complementary padding
