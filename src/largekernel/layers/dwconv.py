@@ -1,11 +1,14 @@
-"""Depthwise convolution whose backward pass avoids oneDNN's slow depthwise weight-gradient path.
+"""Depthwise convolution with a "dy as kernel" backward: a candidate algorithm for the speed work.
 
-On CPU, PyTorch computes the weight gradient of a depthwise conv with K >= 5 through im2col/GEMM
-or a generic grouped kernel: 7-28x slower than needed (see the performance notes). Here the weight
-gradient is one grouped convolution of the padded input with the output gradient as the kernel
-("dy as kernel"), and the input gradient is a depthwise conv with the flipped kernel, which takes
-the fast forward path. Forward, and everything in eval / no-grad mode, is plain `F.conv2d`, which
-is also what export sees.
+The weight gradient is one grouped convolution of the padded input with the output gradient as the
+kernel, and the input gradient a depthwise conv with the flipped kernel, so the backward never takes
+oneDNN's generic depthwise weight-gradient path. Forward, and everything in eval / no-grad mode, is
+plain `F.conv2d`. It equals `nn.Conv2d` (tests/test_dwconv.py).
+
+Not used by the model: on the project's 2-core CPU with torch 2.13, measured quiet with
+`benchmarks/dwconv_backward.py`, it is no faster than stock at UniRepLKNet-T's 13x13 shapes
+(0.9-1.1x) and slower at 31x31 (0.6x); it wins only when the CPU is oversubscribed. A per-shape
+algorithm choice (the speed issue) decides where it pays.
 """
 from __future__ import annotations
 
