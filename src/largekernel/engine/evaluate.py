@@ -1,6 +1,8 @@
 """Classification metrics: loss, top-1/top-5, per-class accuracy and the confusion matrix."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,13 +11,21 @@ from torch.utils.data import DataLoader, Dataset
 from ..modalities import collate
 
 
+def autocast_context(amp: str | None, device: torch.device):
+    if amp is None:
+        return nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be bf16, fp16 or none, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 mixed precision needs CUDA; on CPU use --amp bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int,
              device: torch.device, amp: str | None = None, workers: int = 0) -> dict:
     """Metrics of `model` on `dataset` (percentages for accuracies); unreadable samples are listed
     under `skipped` with the reason."""
-    from .trainer import autocast_context
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate, generator=torch.Generator())
     was_training = model.training

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -23,7 +22,7 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..modalities import Skipped, collate, get_modality
 from .config import TrainConfig
 from .ema import ModelEma
-from .evaluate import evaluate
+from .evaluate import autocast_context, evaluate
 from .mixup import mix_batch, soft_cross_entropy
 from .optim import build_optimizer, cosine_lr, set_lr
 from .state import (EpochSampler, SeededSamples, latest_checkpoint, load_training_state, rng_state,
@@ -71,15 +70,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
 
-
-def autocast_context(amp: str | None, device: torch.device):
-    if amp is None:
-        return nullcontext()
-    if amp not in ("bf16", "fp16"):
-        raise ValueError(f"amp must be bf16, fp16 or none, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs CUDA; on CPU use --amp bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -17,10 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..engine.config import TrainConfig
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .base import DataBundle, Modality, Skipped, register_modality
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CSV_HEADER_NAMES = {"path", "file", "filename", "filepath", "image", "img"}
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -72,10 +71,10 @@ def read_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
 
 def resolve_mean_std(cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """cfg.mean/std, else the model's pretrained cfg, else ImageNet; averaged to one channel if in_chans == 1."""
-    from ..models import registry
+    from ..models.registry import get_pretrained_cfg
 
     try:
-        pcfg = registry.get_pretrained_cfg(cfg.model)
+        pcfg = get_pretrained_cfg(cfg.model)
         mean, std = tuple(pcfg.mean), tuple(pcfg.std)
     except ValueError:  # not a registry model: ImageNet statistics
         mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -57,8 +57,9 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, fresh:
     deploy_path = save_checkpoint(deploy, out / "run" / "deploy.safetensors")
     x = torch.stack([val[i][0] for i in range(len(val))])
     with torch.no_grad():
-        same = bool(torch.equal(trained.model(x).argmax(1), deploy(x).argmax(1)))
-        max_diff = float((trained.model(x) - deploy(x)).abs().max())
+        y_train, y_deploy = trained.model(x), deploy(x)
+    same = bool(torch.equal(y_train.argmax(1), y_deploy.argmax(1)))
+    max_diff = float((y_train - y_deploy).abs().max())
     samples = [val.samples[i][0] for i in range(0, len(val), max(1, len(val) // 5))][:5]
     preds = predict_files(trained, samples, topk=1)
     return dict(run_dir=summary["run_dir"], data=str(data), epochs=summary["epochs"],

@@ -142,18 +142,15 @@ def image_files(directory: str | Path, max_images: int | None = None) -> list[Pa
 
 
 def load_image(path: str | Path, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(1, C, size, size): Pillow RGB (or L for one channel), bicubic resize, mean/std normalised."""
+    """(1, C, size, size): decoded like training images (RGB, or L for one channel), bicubic
+    resize, mean/std normalised."""
     try:
-        from PIL import Image, UnidentifiedImageError
+        from ..modalities.image import read_image
+        x = read_image(path, len(mean))[None]
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("reading images needs Pillow: pip install pillow") from e
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if len(mean) == 3 else "L")
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
+    except Exception as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    x = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1)[None]
     x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
     x = x.clamp(0.0, 1.0)
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
