@@ -142,7 +142,7 @@ def test_train_writes_the_run_directory(trained):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 10 and summary["epochs"] == 2 and summary["skipped"] == 0
     assert summary["best_epoch"] in (1, 2)
-    assert summary["best_top1"] == max(r["val_top1"] for r in epochs)
+    assert summary["best_metric"] == max(r["val_top1"] for r in epochs)
     for name in ("best.safetensors", "last.safetensors"):
         sd = load_file(run / name)
         assert sd["head.weight"].shape[0] == 3

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .models.checkpoint import CheckpointError
 from .models.hub import PretrainedNotAvailable
+from .tools.table import format_table
 
 log = logging.getLogger("largekernel.cli")
 
@@ -342,7 +343,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def format_summary(s: dict) -> str:
-    best = f"{s['best_top1']:.2f}% top-1 (epoch {s['best_epoch']})" if s.get("best_top1") is not None else "n/a"
+    best = (f"{s['metric']} {s['best_metric']:.4g} (epoch {s['best_epoch']})"
+            if s.get("best_metric") is not None else "n/a")
     lines = [f"run directory  {s['run_dir']}",
              f"trained        {s['epochs']} epochs, {s['steps']} steps in {s['seconds']:.0f} s "
              f"({s['samples_per_s']:.1f} samples/s)",
@@ -378,40 +380,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "written by `largekernel train`")
     cfg = dataclasses.replace(trained.cfg, val=args.data, train=None, classes=trained.classes)
     data = trained.modality.datasets(cfg, train=False)
-    metrics = evaluate(trained.model, data.val, len(trained.classes), args.batch_size,
-                       torch.device("cpu"))
+    metrics = trained.modality.evaluate(trained.model, data.val, cfg, trained.classes,
+                                        torch.device("cpu"), args.batch_size)
     out = Path(args.output) if args.output else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     metrics["classes"] = trained.classes
+    text = trained.modality.report(metrics, trained.classes, out)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
-    try:
-        from .engine.plots import plot_confusion
-        metrics["confusion_png"] = str(plot_confusion(metrics["confusion"], trained.classes,
-                                                      out / "confusion.png"))
-    except ImportError:
-        log.info("matplotlib not installed: no confusion.png")
     if args.json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return 0
-    sys.stdout.write(f"{metrics['n']} samples: top-1 {metrics['top1']:.2f}%, top-5 "
-                     f"{metrics['top5']:.2f}%, loss {metrics['loss']:.4f}\n")
-    rows = [[c, f"{a:.1f}", str(sum(r))] for c, a, r in
-            zip(trained.classes, metrics["per_class"], metrics["confusion"])]
-    sys.stdout.write(format_table(["class", "accuracy %", "samples"], rows, right=(1, 2)))
+    sys.stdout.write(text)
     if metrics.get("skipped"):
         sys.stdout.write(f"skipped {len(metrics['skipped'])} unreadable files\n")
-    sys.stdout.write(f"wrote {out / 'eval.json'}" + (f" and {metrics['confusion_png']}" if
-                     "confusion_png" in metrics else "") + "\n")
+    figures = [v for k, v in metrics.items() if k.endswith("_png")]
+    sys.stdout.write(f"wrote {out / 'eval.json'}" + "".join(f" and {f}" for f in figures) + "\n")
     return 0
 
 
-@command("predict", help="top-k predictions for files (images; the modality comes from the checkpoint)", args=[
+@command("predict", help="predict files: top-k classes (images, audio, video, point clouds) or a forecast "
+                         "(time series); the modality comes from the checkpoint", args=[
     arg("paths", nargs="+", metavar="PATH"),
     arg("--checkpoint", default=None, metavar="CKPT", help="a run's best/last.safetensors or step*.pt"),
     arg("--model", default=None, metavar="NAME",
         help="without --checkpoint: a pretrained model (e.g. unireplknet_a.in1k, from the Hub cache); "
              "with an authors' .pth checkpoint: its architecture"),
     arg("--topk", type=positive_int, default=5, metavar="K"),
+    arg("--horizon", type=positive_int, default=None, metavar="H",
+        help="time series: steps to forecast (default: the trained horizon)"),
+    arg("--output", default=None, metavar="DIR",
+        help="where modalities that write files (time-series forecasts) put them (default: next to "
+             "each input)"),
     arg("--json", action="store_true"),
 ])
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -429,16 +428,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, None, None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
-    results = predict_files(trained, args.paths, args.topk)
+    options = dict(horizon=args.horizon, output=args.output)
+    if trained.modality is not None:
+        results = trained.modality.predict(trained, args.paths, args.topk, options)
+    else:
+        results = predict_files(trained, args.paths, args.topk)
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     else:
         for r in results:
             if "error" in r:
                 sys.stdout.write(f"{r['path']}: ERROR {r['error']}\n")
-                continue
-            tops = ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"])
-            sys.stdout.write(f"{r['path']}: {tops}\n")
+            elif "top" in r:
+                tops = ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"])
+                sys.stdout.write(f"{r['path']}: {tops}\n")
+            else:
+                sys.stdout.write(f"{r['path']}: {r.get('summary', 'done')}; wrote "
+                                 f"{', '.join(r.get('written', []))}\n")
     return 0 if any("error" not in r for r in results) else 1
 
 
@@ -477,17 +483,6 @@ def cmd_reparam(args: argparse.Namespace) -> int:
 
 
 # ---- plumbing ------------------------------------------------------------------------------------
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
-    """Columns padded to their widest cell, two spaces apart; columns in `right` right-aligned."""
-    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(x).rjust(w) if c in right else str(x).ljust(w)
-                         for c, (x, w) in enumerate(zip(cells, widths))).rstrip() + "\n"
-
-    return "".join(line(r) for r in [header, *rows])
-
 
 def _verbosity_flags(parser: argparse.ArgumentParser, default: Any) -> None:
     group = parser.add_mutually_exclusive_group()

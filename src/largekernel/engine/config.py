@@ -42,6 +42,7 @@ class TrainConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     smoothing: float = 0.1
+    loss: str = "ce"  # classification loss: "ce" (softmax cross-entropy) or "bce" (sigmoid, per class)
     # optimisation
     epochs: int = 300
     batch_size: int = 128  # per process
@@ -52,6 +53,9 @@ class TrainConfig:
     min_lr: float = 1e-6
     warmup_epochs: float = 20
     warmup_lr: float = 0.0
+    sched: str = "cosine"  # "cosine", or "step": lr x `lr_decay` per epoch from epoch `lr_decay_start`
+    lr_decay: float = 0.85
+    lr_decay_start: int = 5
     weight_decay: float = 0.05
     layer_decay: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
@@ -74,6 +78,11 @@ class TrainConfig:
     eval_every: int = 1
     log_every: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
+    # ---- modality options (each modality reads its own; see README) ----
+    # audio
+    # time series
+    # point cloud
+    # video
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.checkpoint import STEP_CKPT, model_from_checkpoint, read_metadata
+from ..layers.reparam import reparameterize
+from ..models.checkpoint import (STEP_CKPT, checkpoint_form, load_checkpoint, model_from_checkpoint,
+                                 read_metadata, read_state_dict)
 from ..modalities import Modality, get_modality, modality_for_file
 from .config import TrainConfig, resolve_config
 
@@ -42,11 +44,16 @@ def load_trained(path: str | Path, model_name: str | None = None, ema: bool = Fa
         model.load_state_dict(weights)
         return Trained(model.eval(), cfg, state["classes"], modality)
     meta = read_metadata(path)
-    model = model_from_checkpoint(path, model_name).eval()
     if "train_config" in meta:
         cfg = resolve_config(overrides=json.loads(meta["train_config"]))
         classes = json.loads(meta["classes"])
-        return Trained(model, cfg, classes, get_modality(cfg.modality))
+        modality = get_modality(cfg.modality)
+        model = modality.build_model(_no_download(cfg), len(classes)).eval()
+        if checkpoint_form(read_state_dict(path)) == "deploy":
+            reparameterize(model, inplace=True)  # a file written by `largekernel reparam`
+        load_checkpoint(model, path)
+        return Trained(model, cfg, classes, modality)
+    model = model_from_checkpoint(path, model_name).eval()
     cfg = TrainConfig(model=model_name or meta.get("architecture", "unknown"))
     return Trained(model, cfg, None, None)
 

@@ -46,3 +46,13 @@ def _beta(alpha: float, gen: torch.Generator) -> float:
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """`ce`: softmax cross-entropy with soft targets; `bce`: sigmoid binary cross-entropy per class
+    (the authors' audio loss), averaged over classes and samples."""
+    if kind == "ce":
+        return soft_cross_entropy(logits, target)
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+    raise ValueError(f"unknown loss {kind!r}; use ce or bce")

@@ -54,6 +54,25 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, min_lr: float, warmup
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
 
 
+def scheduled_lr(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, min_lr: float,
+                 warmup_steps: int, warmup_lr: float = 0.0, sched: str = "cosine",
+                 decay: float = 0.85, decay_start: int = 5) -> float:
+    """The learning rate at optimizer step `step`.
+
+    `cosine`: `cosine_lr`. `step`: warmup as cosine, then `base_lr` multiplied by `decay` once per
+    epoch from epoch `decay_start` on (the authors' audio recipe: x0.85 per epoch after epoch 5),
+    never below `min_lr`.
+    """
+    if sched == "cosine":
+        return cosine_lr(step, total_steps, base_lr, min_lr, warmup_steps, warmup_lr)
+    if sched == "step":
+        if step < warmup_steps:
+            return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+        epoch = step // max(1, steps_per_epoch)
+        return max(min_lr, base_lr * decay ** max(0, epoch - decay_start + 1))
+    raise ValueError(f"unknown lr schedule {sched!r}; use cosine or step")
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -11,25 +11,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    """Write loss.png, lr.png and accuracy.png from the run's metrics.jsonl; returns the paths."""
+    """Write loss.png, lr.png and accuracy.png (validation.png for non-accuracy metrics) from the run's metrics.jsonl; returns the paths."""
     run_dir = Path(run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     steps = [r for r in records if r["kind"] == "step"]
-    epochs = [r for r in records if r["kind"] == "epoch" and "val_top1" in r]
+    epochs = [r for r in records if r["kind"] == "epoch" and "val_loss" in r]
+    keys = [k for k in (epochs[0] if epochs else {}) if k.startswith(("val_", "ema_"))
+            and not k.endswith(("_loss", "_n")) and isinstance(epochs[0][k], (int, float))]
     written = []
-    for name, xs, series, ylabel in (
-        ("loss.png", [r["step"] for r in steps], {"train loss": [r["loss"] for r in steps]}, "loss"),
-        ("lr.png", [r["step"] for r in steps], {"lr": [r["lr"] for r in steps]}, "learning rate"),
-        ("accuracy.png", [r["epoch"] for r in epochs],
-         {k: [r[k] for r in epochs] for k in ("val_top1", "val_top5", "ema_top1") if epochs and k in epochs[0]},
-         "accuracy (%)"),
+    for name, xs, series, ylabel, per_epoch in (
+        ("loss.png", [r["step"] for r in steps], {"train loss": [r["loss"] for r in steps]}, "loss", False),
+        ("lr.png", [r["step"] for r in steps], {"lr": [r["lr"] for r in steps]}, "learning rate", False),
+        ("accuracy.png" if "val_top1" in keys else "validation.png", [r["epoch"] for r in epochs],
+         {k: [r[k] for r in epochs] for k in keys}, "accuracy (%)" if "val_top1" in keys else "error", True),
     ):
         if not xs:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, ys in series.items():
-            ax.plot(xs, ys, label=label, marker="o" if name == "accuracy.png" else None)
-        ax.set_xlabel("epoch" if name == "accuracy.png" else "step")
+            ax.plot(xs, ys, label=label, marker="o" if per_epoch else None)
+        ax.set_xlabel("epoch" if per_epoch else "step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()

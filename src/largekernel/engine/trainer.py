@@ -22,9 +22,8 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..modalities import Skipped, collate, get_modality
 from .config import TrainConfig
 from .ema import ModelEma
-from .evaluate import autocast_context, evaluate
-from .mixup import mix_batch, soft_cross_entropy
-from .optim import build_optimizer, cosine_lr, set_lr
+from .evaluate import autocast_context
+from .optim import build_optimizer, scheduled_lr, set_lr
 from .state import (EpochSampler, SeededSamples, latest_checkpoint, load_training_state, rng_state,
                     save_training_state, set_rng_state)
 
@@ -234,12 +233,11 @@ class Trainer:
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 gen.manual_seed(cfg.seed * 7919 + self.step * cfg.accum_steps + micro)
-                x, target = mix_batch(x, y, len(self.classes), cfg.mixup, cfg.cutmix,
-                                      cfg.mixup_prob, cfg.smoothing, gen)
+                x, target = self.modality.prepare_batch(x, y, len(self.classes), cfg, gen)
                 sync = (micro + 1) == cfg.accum_steps
                 ctx = self.ddp.no_sync() if (self.dist.world > 1 and not sync) else nullcontext()
                 with ctx, autocast_context(cfg.amp, self.device):
-                    loss = soft_cross_entropy(self.ddp(x), target)
+                    loss = self.modality.loss(self.ddp(x), target, cfg)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the "
                                              "learning rate or enable --clip-grad")
@@ -250,7 +248,8 @@ class Trainer:
                 if not sync:
                     continue
                 micro = 0
-                lr = cosine_lr(self.step, self.total_steps, self.lr, cfg.min_lr, warmup, cfg.warmup_lr)
+                lr = scheduled_lr(self.step, self.total_steps, self.steps_per_epoch, self.lr, cfg.min_lr,
+                                  warmup, cfg.warmup_lr, cfg.sched, cfg.lr_decay, cfg.lr_decay_start)
                 set_lr(self.optimizer, lr)
                 if cfg.clip_grad:
                     self.scaler.unscale_(self.optimizer)
@@ -289,12 +288,17 @@ class Trainer:
             if self.ema:
                 ema_metrics = self.evaluate(self.ema.module)
                 record.update({f"ema_{k}": v for k, v in ema_metrics.items() if not isinstance(v, list)})
-            score = max(record.get("val_top1", -math.inf), record.get("ema_top1", -math.inf))
+            # the best is kept as a score to maximise: the metric, negated when lower is better
+            sign = 1.0 if self.modality.higher_is_better else -1.0
+            name = self.modality.metric
+            plain = sign * record[f"val_{name}"]
+            averaged = sign * record[f"ema_{name}"] if self.ema else -math.inf
+            score = max(plain, averaged)
             if score > self.best["metric"] and self.dist.main:
-                use_ema = record.get("ema_top1", -math.inf) > record.get("val_top1", -math.inf)
-                path = self._write_weights("best.safetensors", self.ema.module if use_ema else self.model)
+                path = self._write_weights("best.safetensors",
+                                           self.ema.module if averaged > plain else self.model)
                 self.best = dict(metric=score, epoch=self.epoch, path=str(path))
-            log.info("epoch %d: val top1 %.2f%%, loss %.4f", self.epoch, record["val_top1"],
+            log.info("epoch %d: val %s %.4g, loss %.4f", self.epoch, name, record[f"val_{name}"],
                      record["val_loss"])
         self.history.append(record)
         self._log(record)
@@ -302,13 +306,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:
-        return evaluate(model, self.val_set, len(self.classes), self.cfg.batch_size, self.device,
-                        self.cfg.amp, workers=self.cfg.workers)
+        return self.modality.evaluate(model, self.val_set, self.cfg, self.classes, self.device)
+
+    def _best_value(self) -> float | None:
+        if self.best["epoch"] is None:
+            return None
+        return self.best["metric"] if self.modality.higher_is_better else -self.best["metric"]
 
     def _finish(self, seconds: float, seen: int) -> dict:
         summary = dict(rank=self.dist.rank, run_dir=str(self.run_dir), epochs=self.epoch, steps=self.step,
                        seconds=seconds, samples_per_s=seen / seconds if seconds else 0.0,
-                       best_top1=self.best["metric"] if self.best["epoch"] is not None else None,
+                       metric=self.modality.metric, best_metric=self._best_value(),
                        best_epoch=self.best["epoch"], skipped=len(self.skipped),
                        checkpoints=str(self.ckpt_dir))
         if self.dist.main:
