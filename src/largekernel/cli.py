@@ -482,6 +482,16 @@ def cmd_reparam(args: argparse.Namespace) -> int:
     return 0 if err <= 1e-5 else 1
 
 
+# ---- synthetic datasets (real file formats) for tests and demos -----------------------------------
+# (audio: make-speech)
+
+# (time series: make-series)
+
+# (point cloud: make-shapes)
+
+# (video: make-clips)
+
+
 # ---- plumbing ------------------------------------------------------------------------------------
 
 def _verbosity_flags(parser: argparse.ArgumentParser, default: Any) -> None:

@@ -134,8 +134,19 @@ def register_modality(cls):
     return cls
 
 
+BUILTIN = ("image", "audio", "timeseries", "pointcloud", "video")
+
+
+def _register_builtin() -> None:
+    """Import the built-in modality modules (each registers itself; heavy libraries load lazily)."""
+    import importlib
+
+    for name in BUILTIN:
+        importlib.import_module(f"{__package__}.{name}")
+
+
 def get_modality(name: str) -> Modality:
-    from . import image  # noqa: F401  (registers the built-in modalities)
+    _register_builtin()
 
     if name not in MODALITIES:
         raise ValueError(f"unknown modality {name!r}; available: {', '.join(sorted(MODALITIES))}")
@@ -144,7 +155,7 @@ def get_modality(name: str) -> Modality:
 
 def modality_for_file(path: str | Path) -> Modality:
     """The modality that reads files with this extension."""
-    from . import image  # noqa: F401
+    _register_builtin()
 
     ext = Path(path).suffix.lower()
     for cls in MODALITIES.values():
