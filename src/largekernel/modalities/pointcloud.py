@@ -1,0 +1,1 @@
+"""pointcloud modality (being written)."""
