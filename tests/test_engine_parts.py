@@ -8,8 +8,9 @@ import yaml
 import largekernel as lk
 from largekernel.engine.config import PRESETS, parse_overrides, resolve_config
 from largekernel.engine.ema import ModelEma
-from largekernel.engine.mixup import mix_batch, soft_cross_entropy
-from largekernel.engine.optim import build_optimizer, cosine_lr, param_groups, set_lr
+from largekernel.engine.evaluate import evaluate
+from largekernel.engine.mixup import classification_loss, mix_batch, soft_cross_entropy
+from largekernel.engine.optim import build_optimizer, cosine_lr, param_groups, scheduled_lr, set_lr
 from largekernel.engine.state import (EpochSampler, SeededSamples, latest_checkpoint,
                                       load_training_state, rng_state, save_training_state,
                                       set_rng_state, step_checkpoints)
@@ -25,7 +26,7 @@ def test_presets_reproduce_spec_recipes():
         (384, 0.8, 0.001, 1e-8, 0.0)
     assert ft.blr * 512 / 256 == pytest.approx(5e-5) and ft.ema_decay == 0.9999
     assert resolve_config("in1k_a").drop_path == 0.0 and resolve_config("in1k_s").drop_path == 0.4
-    assert len(PRESETS) == 10
+    assert {f"in1k_{v}" for v in "afpnts"} | {f"in22k_ft_in1k_384_{v}" for v in ("s", "b", "l", "xl")} <= set(PRESETS)
 
 
 def test_config_layers_and_errors(tmp_path):
@@ -174,3 +175,49 @@ def test_seeded_samples_do_not_touch_global_rng():
     assert all(torch.equal(u, v) for u, v in zip(a, b)) and torch.equal(after, torch.rand(1))
     ds.epoch = 1
     assert not torch.equal(ds[0], a[0])
+
+
+def test_step_schedule_decays_per_epoch_after_start():
+    # the authors' audio recipe: lr x0.85 per epoch from epoch 5 (epochs 0-4 at the base lr)
+    lrs = [scheduled_lr(s, 100, 10, 1e-3, 1e-9, 0, sched="step", decay=0.85, decay_start=5)
+           for s in range(0, 100, 10)]
+    assert lrs[:5] == [1e-3] * 5
+    assert lrs[5:] == pytest.approx([1e-3 * 0.85 ** k for k in range(1, 6)])
+    assert scheduled_lr(3, 100, 10, 1e-3, 0, 5, sched="step") == pytest.approx(1e-3 * 3 / 5)
+    assert scheduled_lr(40, 100, 10, 1e-3, 0, 5, sched="cosine") == cosine_lr(40, 100, 1e-3, 0, 5)
+    with pytest.raises(ValueError, match="unknown lr schedule 'linear'"):
+        scheduled_lr(0, 10, 1, 1e-3, 0, 0, sched="linear")
+
+
+def test_classification_losses():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    target = torch.tensor([[0.8, 0.1, 0.1], [0.0, 1.0, 0.0]])
+    assert classification_loss(logits, target, "ce") == soft_cross_entropy(logits, target)
+    manual = -(target * torch.log(torch.sigmoid(logits)) +
+               (1 - target) * torch.log(1 - torch.sigmoid(logits))).mean()
+    assert torch.allclose(classification_loss(logits, target, "bce"), manual, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        classification_loss(logits, target, "focal")
+
+
+class _Fixed(torch.nn.Module):
+    """Logits read off the input: x[:, :3]."""
+
+    def forward(self, x):
+        return x[:, :3]
+
+
+def test_evaluate_averages_test_time_copies():
+    # two samples, two copies each; copy 0 right on both, copy 1 wrong on sample 1
+    x = torch.tensor([[[5.0, 0, 0], [4.0, 0, 0]],       # label 0: both copies say 0
+                      [[0, 3.0, 0], [0, 0, 9.0]]])       # label 1: copy 0 says 1, copy 1 says 2
+    data = [(x[0], 0), (x[1], 1)]
+    m = evaluate(_Fixed(), data, 3, 2, torch.device("cpu"), copies=True)
+    assert m["copy_top1"] == [100.0, 50.0]
+    # averaged softmax for sample 1: copy 1's confident 2 outweighs copy 0's 1
+    p = (torch.softmax(x[1, 0], 0) + torch.softmax(x[1, 1], 0)) / 2
+    assert p.argmax() == 2 and m["top1"] == 50.0
+    assert m["loss"] == pytest.approx((-torch.log((torch.softmax(x[0, 0], 0) + torch.softmax(x[0, 1], 0))[0] / 2)
+                                       - torch.log(p[1])).item() / 2, rel=1e-5)
+    # mean class accuracy over present classes only (class 2 has no samples)
+    assert m["mean_class_acc"] == 50.0 and m["per_class"][:2] == [100.0, 0.0]
