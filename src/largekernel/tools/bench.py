@@ -1,0 +1,212 @@
+"""`largekernel bench`: model and depthwise-conv speed, side by side with baselines in the same run.
+
+Every comparison is a ratio of medians over interleaved rounds (A, B, C, A, B, C, ...), so machine
+load hits all candidates alike. Baselines: the authors' forward with stock ops on the same weights
+(`baselines.reference_forward`) and ConvNeXt-T from stock ops. The machine's fp32 GEMM peak and
+memory bandwidth are measured in the same run, and depthwise convs are reported as a share of the
+roofline min(peak, AI x bandwidth).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers.reparam import reparameterize
+from ..models.registry import create_model
+from .baselines import ConvNeXt, Reference
+
+DW_SHAPES = ((80, 56, 13), (160, 28, 13), (320, 14, 13), (640, 7, 13))  # UniRepLKNet-T's 13x13 stages
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each candidate, rounds interleaved across candidates."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(),
+                torch=torch.__version__, python=platform.python_version(), dtype="float32",
+                malloc=os.environ.get("GLIBC_TUNABLES", "glibc default"))
+
+
+def measure_roof(rounds: int = 5) -> dict:
+    """fp32 GEMM peak (GFLOP/s, 1024^3 matmul) and memory bandwidth (GB/s, a 256 MB copy)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    src, dst = torch.empty(64 * 2**20), torch.empty(64 * 2**20)
+    src.normal_()
+    t = interleaved({"gemm": lambda: torch.mm(a, b), "copy": lambda: dst.copy_(src)}, rounds, warmup=2)
+    return dict(gemm_gflops=2 * 1024**3 / t["gemm"] / 1e9, bandwidth_gbs=2 * src.numel() * 4 / t["copy"] / 1e9)
+
+
+def bench_dwconv(batch: int, rounds: int, roof: dict, shapes=DW_SHAPES) -> list[dict]:
+    """13x13 depthwise conv forward and forward+backward per stage shape: stock NCHW, stock
+    channels_last; GFLOP/s and share of the roofline (FLOPs count every tap, padding included)."""
+    rows = []
+    for c, size, k in shapes:
+        w = torch.randn(c, 1, k, k) * 0.02
+        x = torch.randn(batch, c, size, size)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+
+        def fwd(inp):
+            return lambda: F.conv2d(inp, w, None, 1, k // 2, 1, c)
+
+        def fwd_bwd(inp):
+            def run():
+                xi, wi = inp.detach().requires_grad_(), w.detach().requires_grad_()
+                F.conv2d(xi, wi, None, 1, k // 2, 1, c).sum().backward()
+            return run
+
+        with torch.inference_mode():
+            tf = interleaved({"nchw": fwd(x), "channels_last": fwd(xcl)}, rounds)
+        tb = interleaved({"nchw": fwd_bwd(x), "channels_last": fwd_bwd(xcl)}, rounds)
+        flops = 2 * batch * c * size * size * k * k
+        bytes_moved = 2 * 4 * batch * c * size * size
+        roof_s = max(flops / (roof["gemm_gflops"] * 1e9), bytes_moved / (roof["bandwidth_gbs"] * 1e9))
+        row = dict(channels=c, size=size, kernel=k, batch=batch)
+        for name in tf:
+            row[f"fwd_{name}_ms"] = 1e3 * tf[name]
+            row[f"fwd_{name}_roofline_pct"] = 100 * roof_s / tf[name]
+            row[f"fwd_bwd_{name}_ms"] = 1e3 * tb[name]
+        rows.append(row)
+    return rows
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def build_candidates(name: str, only: str | None = None) -> dict[str, nn.Module]:
+    """The train-form model, the reference on a copy of its weights, and ConvNeXt-T (or `only` one)."""
+    ours = create_model(name)
+    if only == "largekernel":
+        return {only: ours}
+    if only == "reference":
+        return {only: Reference(ours)}
+    if only == "convnext_t":
+        return {only: ConvNeXt()}
+    return {"largekernel": ours, "reference": Reference(copy.deepcopy(ours)), "convnext_t": ConvNeXt()}
+
+
+def bench_models(name: str, size: int, batch: int, train_batch: int, rounds: int) -> dict:
+    """Inference img/s (deploy form vs the reference on the deploy weights vs ConvNeXt-T) and
+    training-step img/s (train form with its branches, AdamW)."""
+    torch.manual_seed(0)
+    models = build_candidates(name)
+    out: dict = {}
+    if batch:
+        deploy = reparameterize(models["largekernel"].eval())
+        infer = {"largekernel": deploy, "reference": Reference(deploy), "convnext_t": models["convnext_t"].eval()}
+        x = torch.randn(batch, 3, size, size)
+        with torch.inference_mode():
+            t = interleaved({k: (lambda m=m: m(x)) for k, m in infer.items()}, rounds)
+        out["inference"] = {k: dict(img_s=batch / v, ms=1e3 * v) for k, v in t.items()}
+    if train_batch:
+        x = torch.randn(train_batch, 3, size, size)
+        y = torch.randint(0, 1000, (train_batch,))
+        steps = {}
+        for k, m in models.items():
+            m.train()
+            steps[k] = _train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4), x, y)
+        t = interleaved(steps, rounds)
+        out["train"] = {k: dict(img_s=train_batch / v, ms=1e3 * v) for k, v in t.items()}
+    return out
+
+
+def peak_train_memory(name: str, which: str, size: int, batch: int) -> float:
+    """MB of resident memory a training step adds (peak RSS after 2 steps minus RSS before the
+    first), measured in a fresh process so candidates do not share an allocator."""
+    code = ("import resource, sys, torch; from largekernel.tools import bench as b; "
+            f"m = b.build_candidates({name!r}, {which!r})[{which!r}].train(); "
+            f"x = torch.randn({batch}, 3, {size}, {size}); y = torch.randint(0, 1000, ({batch},)); "
+            "s = b._train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4), x, y); "
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; s(); s(); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"memory probe for {which} failed:\n{res.stderr[-2000:]}")
+    return int(res.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def run_bench(model: str = "unireplknet_t", size: int = 224, batch: int = 16, train_batch: int = 8,
+              rounds: int = 5, parts: tuple[str, ...] = ("roof", "dwconv", "models", "memory"),
+              dw_batch: int = 8) -> dict:
+    result: dict = dict(machine=machine_info(), model=model, size=size, batch=batch,
+                        train_batch=train_batch, rounds=rounds,
+                        paths=dict(depthwise="stock F.conv2d (oneDNN); no custom op yet",
+                                   block="module forward", compile=False))
+    roof = measure_roof(rounds)
+    result["roof"] = roof
+    if "dwconv" in parts:
+        result["dwconv"] = bench_dwconv(dw_batch, rounds, roof)
+    if "models" in parts:
+        result["models"] = bench_models(model, size, batch, train_batch, rounds)
+    if "memory" in parts and train_batch:
+        result["memory_mb"] = {w: peak_train_memory(model, w, size, train_batch)
+                               for w in ("largekernel", "reference")}
+    return result
+
+
+def format_bench(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"{m['cpu']}; {m['cores']} cores, {m['threads']} threads; torch {m['torch']}; "
+             f"{m['dtype']}; malloc: {m['malloc']}",
+             f"roof: fp32 GEMM {r['roof']['gemm_gflops']:.0f} GFLOP/s, memory {r['roof']['bandwidth_gbs']:.1f} GB/s",
+             f"paths: {', '.join(f'{k}={v}' for k, v in r['paths'].items())}", ""]
+    if "dwconv" in r:
+        lines.append(f"depthwise conv, batch {r['dwconv'][0]['batch']} (ms; % of roofline):")
+        for d in r["dwconv"]:
+            lines.append(f"  {d['kernel']}x{d['kernel']} {d['channels']}@{d['size']}: fwd NCHW "
+                         f"{d['fwd_nchw_ms']:.2f} ({d['fwd_nchw_roofline_pct']:.0f}%), channels_last "
+                         f"{d['fwd_channels_last_ms']:.2f} ({d['fwd_channels_last_roofline_pct']:.0f}%); "
+                         f"fwd+bwd NCHW {d['fwd_bwd_nchw_ms']:.2f}, channels_last "
+                         f"{d['fwd_bwd_channels_last_ms']:.2f}")
+        lines.append("")
+    for part, title in (("inference", f"inference, deploy form, batch {r['batch']}"),
+                        ("train", f"training step, train form + AdamW, batch {r['train_batch']}")):
+        if part not in r.get("models", {}):
+            continue
+        t = r["models"][part]
+        base = t["reference"]["img_s"]
+        lines.append(f"{r['model']} {title}, {r['size']}x{r['size']}:")
+        for k, v in t.items():
+            lines.append(f"  {k:12s} {v['img_s']:7.2f} img/s  ({v['img_s'] / base:.2f}x reference"
+                         + (f", {t['largekernel']['img_s'] / v['img_s']:.2f}x of it is largekernel"
+                            if k == "convnext_t" else "") + ")")
+        lines.append("")
+    if "memory_mb" in r:
+        lines.append("peak memory added by a training step: " + ", ".join(
+            f"{k} {v:.0f} MB" for k, v in r["memory_mb"].items()))
+    return "\n".join(lines).rstrip() + "\n"
