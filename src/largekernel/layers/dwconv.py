@@ -1,14 +1,11 @@
-"""Depthwise convolution with a "dy as kernel" backward: a candidate algorithm for the speed work.
+"""Depthwise convolution whose training backward avoids oneDNN's slow weight-gradient path.
 
-The weight gradient is one grouped convolution of the padded input with the output gradient as the
-kernel, and the input gradient a depthwise conv with the flipped kernel, so the backward never takes
-oneDNN's generic depthwise weight-gradient path. Forward, and everything in eval / no-grad mode, is
-plain `F.conv2d`. It equals `nn.Conv2d` (tests/test_dwconv.py).
-
-Not used by the model: on the project's 2-core CPU with torch 2.13, measured quiet with
-`benchmarks/dwconv_backward.py`, it is no faster than stock at UniRepLKNet-T's 13x13 shapes
-(0.9-1.1x) and slower at 31x31 (0.6x); it wins only when the CPU is oversubscribed. A per-shape
-algorithm choice (the speed issue) decides where it pays.
+oneDNN has no depthwise weight-gradient kernel for K >= 5 on CPU and falls back to a generic one.
+Here the weight gradient is a depthwise conv over the N*C planes of the padded input with each
+plane's output gradient as its kernel, summed over the batch, and the input gradient a depthwise conv
+with the flipped kernel: both run on oneDNN's depthwise forward kernel. Forward, and everything in
+eval / no-grad / compile / export mode, is plain `F.conv2d`. It equals `nn.Conv2d`
+(tests/test_dwconv.py); `benchmarks/dwconv_backward.py` and `largekernel bench` measure it.
 """
 from __future__ import annotations
 
@@ -45,14 +42,15 @@ class _DepthwiseConvFn(torch.autograd.Function):
                           ((kh - 1) * dh - ph, (kw - 1) * dw - pw), (dh, dw), c)
             dx = dx[..., :h, :w]
         if ctx.needs_input_grad[1]:
-            # dW[c,i,j] = sum_{n,y,x} xpad[n,c,y+i*d,x+j*d] * dy[n,c,y,x]: a grouped conv with
-            # C groups of N "channels" (the batch), the output gradient as kernel, stride = dilation
+            # dW[c,i,j] = sum_{n,y,x} xpad[n,c,y+i*d,x+j*d] * dy[n,c,y,x]: a depthwise conv over
+            # N*C planes with each plane's output gradient as its kernel (stride = dilation), then a
+            # sum over the batch; oneDNN runs it with its depthwise kernel, not the slow wgrad path
             xp = F.pad(x, (pw, pw, ph, ph))
             ho, wo = dy.shape[-2:]
-            xp = xp[..., : (kh - 1) * dh + ho, : (kw - 1) * dw + wo]
-            dweight = F.conv2d(xp.transpose(0, 1).reshape(1, c * n, *xp.shape[-2:]),
-                               dy.transpose(0, 1), None, (dh, dw), 0, 1, c)
-            dweight = dweight.view(c, 1, kh, kw)
+            xp = xp[..., : (kh - 1) * dh + ho, : (kw - 1) * dw + wo].contiguous()
+            dweight = F.conv2d(xp.reshape(1, n * c, *xp.shape[-2:]), dy.reshape(n * c, 1, ho, wo),
+                               None, (dh, dw), 0, 1, n * c)
+            dweight = dweight.view(n, c, kh, kw).sum(0).unsqueeze(1)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = dy.sum((0, 2, 3))
         return dx, dweight, dbias, None, None

@@ -74,10 +74,12 @@ def pad_to(kernel: torch.Tensor, size: int) -> torch.Tensor:
 
 def depthwise_conv(channels: int, kernel_size: int, dilation: int = 1, bias: bool = False,
                    device=None, dtype=None) -> nn.Conv2d:
-    """A 'same'-padded depthwise conv, stride 1."""
-    return nn.Conv2d(channels, channels, kernel_size, stride=1,
-                     padding=(dilation * (kernel_size - 1) + 1) // 2, dilation=dilation,
-                     groups=channels, bias=bias, device=device, dtype=dtype)
+    """A 'same'-padded depthwise conv, stride 1: an `nn.Conv2d` (same parameters and keys) whose
+    training backward avoids oneDNN's slow depthwise weight-gradient path (`layers.dwconv`)."""
+    from .dwconv import DepthwiseConv2d
+
+    return DepthwiseConv2d(channels, kernel_size, padding=(dilation * (kernel_size - 1) + 1) // 2,
+                           dilation=dilation, bias=bias, device=device, dtype=dtype)
 
 
 def require_eval(module: nn.Module) -> None:
