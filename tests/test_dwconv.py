@@ -3,7 +3,15 @@ import pytest
 import torch
 from torch import nn
 
+from largekernel.layers import dwconv
 from largekernel.layers.dwconv import DepthwiseConv2d
+
+
+@pytest.fixture
+def policy():
+    """Set the layout policy for one test; the default (autotune) is restored after it."""
+    yield dwconv.set_policy
+    dwconv.set_policy("autotune")
 
 CASES = [  # (kernel, dilation, height, width)
     (3, 1, 9, 9), (5, 1, 8, 11), (7, 1, 14, 14), (13, 1, 14, 13), (13, 1, 7, 7), (17, 1, 12, 12),
@@ -17,7 +25,9 @@ def rel(a, b):
 
 @pytest.mark.parametrize("k,d,h,w", CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_forward_and_gradients_equal_conv2d(k, d, h, w, channels_last):
+@pytest.mark.parametrize("layout", ["direct", "swap"])
+def test_forward_and_gradients_equal_conv2d(k, d, h, w, channels_last, layout, policy):
+    policy(layout)
     torch.manual_seed(k * 100 + d)
     c, n = 6, 3
     pad = (d * (k - 1) + 1) // 2
@@ -77,3 +87,25 @@ def test_bf16_autocast_backward_matches_stock_conv():
     assert fast.weight.grad.dtype == torch.float32 and x1.grad.dtype == torch.float32
     assert rel(fast.weight.grad, ref.weight.grad) < 2e-2  # bf16 arithmetic on both sides
     assert rel(x1.grad, x2.grad) < 2e-2
+
+
+def test_layout_choice_cached_per_signature_and_rule_when_deterministic(policy):
+    conv = DepthwiseConv2d(4, 17, padding=8)
+    x = torch.randn(2, 4, 12, 12)
+    with torch.no_grad():
+        ref = nn.functional.conv2d(x, conv.weight, None, 1, 8, 1, 4)
+        assert rel(conv(x), ref) <= 1e-6
+    keys = [k for k in dwconv.choices() if k[0] == (2, 4, 12, 12)]
+    assert len(keys) == 1 and dwconv.choices()[keys[0]] in ("direct", "swap") and keys[0][-1] == "autotune"
+    policy("autotune")
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            conv(x)
+            DepthwiseConv2d(4, 13, padding=6)(x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    rule = {k[1][-1]: v for k, v in dwconv.choices().items() if k[-1] == "rule"}
+    assert rule == {17: "swap", 13: "direct"}  # NCHW wider than 13 goes to channels_last
+    with pytest.raises(ValueError, match="unknown depthwise policy 'fast'"):
+        dwconv.set_policy("fast")

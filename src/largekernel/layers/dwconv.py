@@ -13,6 +13,79 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# "direct": F.conv2d in the input's layout; "swap": the other layout (NCHW <-> channels_last) and
+# back. oneDNN's choice of kernel depends on layout and K (NCHW with K > 13 falls to im2col, 20-100x
+# slower), so the fastest is picked per (shapes, stride, padding, dilation, dtype, layout).
+POLICIES = ("autotune", "rule", "direct", "swap")
+_policy = "autotune"
+_choices: dict[tuple, str] = {}
+
+
+def set_policy(policy: str) -> None:
+    """How depthwise convs pick a layout: "autotune" (time both once per shape, cache the winner),
+    "rule" (swap NCHW to channels_last for kernels wider than 13, else direct), or a forced
+    "direct" / "swap". Deterministic mode (`torch.use_deterministic_algorithms`) uses "rule", so
+    every process computes the same sums."""
+    global _policy
+    if policy not in POLICIES:
+        raise ValueError(f"unknown depthwise policy {policy!r}; use one of {', '.join(POLICIES)}")
+    _policy = policy
+    _choices.clear()
+
+
+def choices() -> dict[tuple, str]:
+    """The cached layout choice per conv signature (for `largekernel bench` and debugging)."""
+    return dict(_choices)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _run(choice: str, x, weight, bias, stride, padding, dilation, groups):
+    if choice == "direct":
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    back = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    other = torch.contiguous_format if back is torch.channels_last else torch.channels_last
+    out = F.conv2d(x.contiguous(memory_format=other), weight, bias, stride, padding, dilation, groups)
+    return out.contiguous(memory_format=back)
+
+
+def _timed(fn, reps: int = 3) -> float:
+    import time
+
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias, stride, padding, dilation,
+           groups: int) -> torch.Tensor:
+    """`F.conv2d` for depthwise-style convs on CPU, in the layout that is fastest for the shape."""
+    if x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling():
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    policy = "rule" if torch.are_deterministic_algorithms_enabled() and _policy == "autotune" else _policy
+    if policy in ("direct", "swap"):
+        return _run(policy, x, weight, bias, stride, padding, dilation, groups)
+    key = (tuple(x.shape), tuple(weight.shape), _pair(stride), _pair(padding), _pair(dilation),
+           x.dtype, _is_channels_last(x), policy)
+    choice = _choices.get(key)
+    if choice is None:
+        span = max(d * (k - 1) + 1 for d, k in zip(_pair(dilation), weight.shape[-2:]))
+        if policy == "rule":
+            choice = "swap" if span > 13 and not _is_channels_last(x) else "direct"
+        else:
+            with torch.no_grad():
+                times = {c: _timed(lambda c=c: _run(c, x, weight, bias, stride, padding, dilation, groups))
+                         for c in ("direct", "swap")}
+            choice = min(times, key=times.get)
+        _choices[key] = choice
+    return _run(choice, x, weight, bias, stride, padding, dilation, groups)
+
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
@@ -24,7 +97,7 @@ class _DepthwiseConvFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.padding, ctx.dilation = padding, dilation
-        return F.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
+        return conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
 
     @staticmethod
     def backward(ctx, dy):
@@ -38,8 +111,8 @@ class _DepthwiseConvFn(torch.autograd.Function):
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
             # transpose of a stride-1 conv: the flipped kernel with the complementary padding
-            dx = F.conv2d(dy, weight.flip(-1, -2), None, 1,
-                          ((kh - 1) * dh - ph, (kw - 1) * dw - pw), (dh, dw), c)
+            dx = conv2d(dy, weight.flip(-1, -2), None, 1,
+                        ((kh - 1) * dh - ph, (kw - 1) * dw - pw), (dh, dw), c)
             dx = dx[..., :h, :w]
         if ctx.needs_input_grad[1]:
             # dW[c,i,j] = sum_{n,y,x} xpad[n,c,y+i*d,x+j*d] * dy[n,c,y,x]: a depthwise conv over
@@ -48,8 +121,8 @@ class _DepthwiseConvFn(torch.autograd.Function):
             xp = F.pad(x, (pw, pw, ph, ph))
             ho, wo = dy.shape[-2:]
             xp = xp[..., : (kh - 1) * dh + ho, : (kw - 1) * dw + wo].contiguous()
-            dweight = F.conv2d(xp.reshape(1, n * c, *xp.shape[-2:]), dy.reshape(n * c, 1, ho, wo),
-                               None, (dh, dw), 0, 1, n * c)
+            dweight = conv2d(xp.reshape(1, n * c, *xp.shape[-2:]), dy.reshape(n * c, 1, ho, wo),
+                             None, (dh, dw), 0, 1, n * c)
             dweight = dweight.view(n, c, kh, kw).sum(0).unsqueeze(1)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = dy.sum((0, 2, 3))
@@ -70,4 +143,6 @@ class DepthwiseConv2d(nn.Conv2d):
                 and (x.requires_grad or self.weight.requires_grad)):
             return _DepthwiseConvFn.apply(x, self.weight, self.bias, _pair(self.padding),
                                           _pair(self.dilation))
-        return F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_scripting():
+            return F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+        return conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
