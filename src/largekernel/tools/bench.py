@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import malloc
 from ..layers.reparam import reparameterize
 from ..models.registry import create_model
 from .baselines import ConvNeXt, Reference
@@ -54,7 +55,8 @@ def machine_info() -> dict:
         pass
     return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(),
                 torch=torch.__version__, python=platform.python_version(), dtype="float32",
-                malloc=os.environ.get("GLIBC_TUNABLES", "glibc default"))
+                malloc=("keep_freed_memory (trim/mmap thresholds raised)" if malloc._done else "glibc default")
+                + (f"; GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}" if "GLIBC_TUNABLES" in os.environ else ""))
 
 
 def measure_roof(rounds: int = 5) -> dict:
