@@ -412,6 +412,11 @@ def test_cli_make_shapes_train_eval_predict(tmp_path):
     assert "bad.xyz, line 1: 2 value(s)" in results[1]["error"]
     code, out, _ = run_cli(["predict", shape, "--checkpoint", run / "last.safetensors", "--topk", "2"])
     assert code == 0 and out.startswith(f"{shape}: ") and out.count("%") == 2
+    # reparam folds the backbone inside the point-cloud model; the folded file predicts the same
+    code, msg, _ = run_cli(["reparam", run / "last.safetensors", "-o", tmp_path / "deploy.safetensors"])
+    assert code == 0 and "(OK, tolerance 1e-5)" in msg
+    code, folded, _ = run_cli(["predict", shape, "--checkpoint", tmp_path / "deploy.safetensors", "--topk", "2"])
+    assert code == 0 and folded == out
     code, _, err = run_cli(["train", "--modality", "pointcloud", "--data", tmp_path / "nothing",
                             "--output", tmp_path / "r2"])
     assert code == 2 and "nothing does not exist" in err

@@ -38,7 +38,9 @@ def collate(batch: list) -> dict:
     if not good:
         return dict(x=None, y=None, skipped=skipped)
     x = torch.stack([b[0] for b in good])
-    y = torch.as_tensor([b[1] for b in good])
+    labels = [b[1] for b in good]
+    # class indices, or per-sample soft target vectors (e.g. mixed in the dataset)
+    y = torch.stack(labels) if torch.is_tensor(labels[0]) else torch.as_tensor(labels)
     return dict(x=x, y=y, skipped=skipped)
 
 
@@ -70,6 +72,11 @@ class Modality:
         return create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes,
                             in_chans=cfg.in_chans, drop_path_rate=cfg.drop_path,
                             head_init_scale=cfg.head_init_scale, **cfg.model_kwargs)
+
+    def example_input(self, cfg: TrainConfig, batch: int = 2, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+        """A random batch shaped like the model's input (for `reparam`'s equivalence check)."""
+        return torch.randn(batch, cfg.in_chans, cfg.input_size, cfg.input_size, generator=generator)
 
     # ---- training ------------------------------------------------------------------------------
     def prepare_batch(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: TrainConfig,
