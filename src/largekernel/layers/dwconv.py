@@ -138,6 +138,9 @@ class DepthwiseConv2d(nn.Conv2d):
                          dilation=dilation, groups=channels, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_triton(x):  # CUDA: Triton kernels (layers/triton_dw.py)
+            return _triton_dw().depthwise_conv2d_triton(x, self.weight, self.bias, self.padding,
+                                                        self.dilation)
         if (torch.is_grad_enabled() and x.device.type == "cpu" and not torch.jit.is_scripting()
                 and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
                 and (x.requires_grad or self.weight.requires_grad)):
@@ -146,3 +149,30 @@ class DepthwiseConv2d(nn.Conv2d):
         if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_scripting():
             return F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
         return conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+
+
+# CUDA: the Triton kernels of layers/triton_dw.py, imported only when a CUDA tensor first comes
+# through (never on the CPU path). Opt-in until they are measured against cuDNN on a GPU
+# (docs/performance.md): LARGEKERNEL_TRITON=1 (or `dwconv.TRITON = True`); otherwise cuDNN.
+import os as _os  # noqa: E402
+
+TRITON = _os.environ.get("LARGEKERNEL_TRITON", "0") == "1"
+_triton_module = None
+
+
+def _triton_dw():
+    """The `triton_dw` module when its kernels can run here, else False (checked once)."""
+    global _triton_module
+    if _triton_module is None:
+        try:
+            from largekernel.layers import triton_dw
+            _triton_module = triton_dw if triton_dw.available() else False
+        except Exception:  # triton missing or broken: stay on F.conv2d
+            _triton_module = False
+    return _triton_module
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return (x.device.type == "cuda" and TRITON and x.dim() == 4 and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting() and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing() and bool(_triton_dw()))

@@ -58,4 +58,8 @@ def spatial_l2_norm(x: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or not x.is_contiguous() or torch.compiler.is_compiling():
         return torch.linalg.vector_norm(x, 2, dim=(1, 2), keepdim=True)
     n, h, w, c = x.shape
-    return torch.stack([(s * s).sum(0) for s in x.view(n, h * w, c)]).sqrt().view(n, 1, 1, c)
+    sq = torch.stack([(s * s).sum(0) for s in x.view(n, h * w, c)])
+    # an all-zero channel (e.g. GELU of very negative values on a small map) has norm 0: keep its
+    # gradient 0 as vector_norm does, not sqrt's inf (which turned the loss into NaN)
+    nonzero = sq > 0
+    return torch.where(nonzero, torch.where(nonzero, sq, 1.0).sqrt(), 0.0).view(n, 1, 1, c)
