@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .models.checkpoint import CheckpointError
 from .models.hub import PretrainedNotAvailable
+from .malloc import keep_freed_memory
 from .tools.table import format_table
 
 log = logging.getLogger("largekernel.cli")
@@ -408,6 +409,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     arg("--topk", type=positive_int, default=5, metavar="K"),
     arg("--horizon", type=positive_int, default=None, metavar="H",
         help="time series: steps to forecast (default: the trained horizon)"),
+    arg("--backtest", action="store_true",
+        help="time series: forecast the last H known steps instead of the future, and plot and score "
+             "them against the truth"),
     arg("--output", default=None, metavar="DIR",
         help="where modalities that write files (time-series forecasts) put them (default: next to "
              "each input)"),
@@ -428,7 +432,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, None, None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
-    options = dict(horizon=args.horizon, output=args.output)
+    options = dict(horizon=args.horizon, output=args.output, backtest=args.backtest)
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)
     else:
@@ -466,7 +470,11 @@ def cmd_reparam(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint, args.model)
     model = trained.model.eval()
     size = args.input_size or trained.cfg.input_size
-    x = torch.randn(2, model.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    if trained.modality is not None:
+        x = trained.modality.example_input(dataclasses.replace(trained.cfg, input_size=size), 2, gen)
+    else:
+        x = torch.randn(2, model.in_chans, size, size, generator=gen)
     deploy = reparameterize(model)
     with torch.no_grad():
         ref, out = model(x), deploy(x)
@@ -482,14 +490,168 @@ def cmd_reparam(args: argparse.Namespace) -> int:
     return 0 if err <= 1e-5 else 1
 
 
+@command("bench", help="speed: inference and training img/s against the authors' forward and ConvNeXt-T, "
+                       "depthwise convs against the roofline (same run, interleaved medians)", args=[
+    arg("--model", default="unireplknet_t", metavar="NAME"),
+    arg("--size", type=positive_int, default=224, metavar="N", help="input size (default 224)"),
+    arg("--batch", type=int, default=16, metavar="N", help="inference batch (0 skips; default 16)"),
+    arg("--train-batch", type=int, default=8, metavar="N", help="training batch (0 skips; default 8)"),
+    arg("--dw-batch", type=positive_int, default=8, metavar="N", help="depthwise micro-benchmark batch"),
+    arg("--rounds", type=positive_int, default=5, metavar="N", help="interleaved rounds (default 5)"),
+    arg("--parts", default="dwconv,models,memory", metavar="LIST",
+        help="comma list of dwconv, models, memory (default: all)"),
+    arg("--threads", type=positive_int, default=None, metavar="N", help="torch threads (default: all cores)"),
+    arg("--json", action="store_true"),
+])
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Print (or --json) throughput ratios; the machine, threads, dtype and paths are stated."""
+    import torch
+
+    from .tools.bench import format_bench, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = sorted(set(parts) - {"dwconv", "models", "memory"})
+    if unknown:
+        raise ValueError(f"--parts: unknown {unknown}; choose from dwconv, models, memory")
+    result = run_bench(args.model, args.size, args.batch, args.train_batch, args.rounds, parts, args.dw_batch)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else format_bench(result))
+    return 0
+
+
 # ---- synthetic datasets (real file formats) for tests and demos -----------------------------------
-# (audio: make-speech)
+# audio
+@command("make-speech", help="synthesise a small spoken-word dataset (Speech Commands layout) with espeak-ng", args=[
+    arg("output", metavar="OUT", help="dataset folder to create"),
+    arg("--words", default="yes,no,up,down,left,right", metavar="W1,W2,...",
+        help="comma-separated words, one class each (default: yes,no,up,down,left,right)"),
+    arg("--per-word", type=positive_int, default=48, metavar="N",
+        help="clips per word, spread over 24 voices (default: 48)"),
+    arg("--held-out", type=positive_int, default=2, metavar="K",
+        help="voices in validation_list.txt and in testing_list.txt each (default: 2)"),
+    arg("--seed", type=int, default=0, help="seed of speeds, pitches, levels, held-out voices (default: 0)"),
+    arg("--overwrite", action="store_true", help="replace OUT if it is not empty"),
+    arg("--json", action="store_true", help="print the counts as JSON"),
+])
+def cmd_make_speech(args: argparse.Namespace) -> int:
+    """Write OUT/<word>/<voice>_nohash_<i>.wav (1 s, 16 kHz mono), validation_list.txt and
+    testing_list.txt (whole held-out voices) and _background_noise_/ (white, pink, hum), spoken by
+    24 espeak-ng voices at varied speeds and pitches. Train on it with `largekernel train
+    --modality audio --data OUT`."""
+    from .modalities.speech_data import write_speech_dataset
 
-# (time series: make-series)
+    result = write_speech_dataset(args.output, args.words.split(","), args.per_word, args.seed,
+                                  held_out=args.held_out, overwrite=args.overwrite)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(f"wrote {result['clips']} clips of {len(result['words'])} words to "
+                         f"{result['root']}: {result['train']} train, {result['validation']} "
+                         f"validation ({', '.join(result['validation_speakers'])}), "
+                         f"{result['testing']} testing ({', '.join(result['testing_speakers'])})\n")
+    return 0
 
-# (point cloud: make-shapes)
 
-# (video: make-clips)
+@command("audio-stats", help="log-mel mean/std of a dataset's training clips (for --audio-mean/--audio-std)", args=[
+    arg("--data", required=True, help="training data: folder (e.g. Speech Commands) or CSV of path,label"),
+    arg("--max-files", type=positive_int, default=None, metavar="N",
+        help="use N evenly spaced training files (default: all)"),
+    arg("--set", action="append", default=[], metavar="KEY=VALUE",
+        help="feature options as for train, e.g. --set mel_bins=64 --set target_frames=100"),
+    arg("--json", action="store_true", help="print the numbers as JSON"),
+])
+def cmd_audio_stats(args: argparse.Namespace) -> int:
+    """Mean and std of the unnormalised log-mel features (padding included) over the training files
+    (Speech Commands: those in neither list), and the options that use them."""
+    from .engine.config import parse_overrides, resolve_config
+    from .modalities.audio import feature_stats
+
+    cfg = resolve_config(overrides=dict(parse_overrides(args.set), modality="audio", train=args.data))
+    stats = feature_stats(cfg, args.max_files)
+    if args.json:
+        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+        return 0
+    sys.stdout.write(f"{stats['files']} files: log-mel mean {stats['mean']:.6f}, std {stats['std']:.6f}\n"
+                     f"train with: --set audio_mean={stats['mean']:.6f} --set audio_std={stats['std']:.6f}\n")
+    if stats["skipped"]:
+        sys.stdout.write(f"skipped {len(stats['skipped'])} unreadable files\n")
+    return 0
+
+
+# time series
+@command("make-series", help="write a multivariate hourly series CSV (daily + weekly seasons, trend, "
+                             "coupling, noise), or the real GOOG daily prices with --goog", args=[
+    arg("output", metavar="OUT.csv", help="CSV to write: a date column and one column per variable"),
+    arg("--length", type=positive_int, default=2000, metavar="N", help="time steps (default 2000)"),
+    arg("--variables", type=positive_int, default=3, metavar="V", help="variables (default 3)"),
+    arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)"),
+    arg("--goog", action="store_true", help="write matplotlib's bundled GOOG daily open/high/low/close "
+        "(2004-08-19 .. 2008-10-14, 1047 trading days) instead"),
+])
+def cmd_make_series(args: argparse.Namespace) -> int:
+    """Generated data: hourly from 2024-01-01, variable v = level + trend + daily cycle (weaker at
+    weekends) + weekly cycle + AR(1) noise + half of variable v-1 three hours earlier."""
+    from .modalities.series_data import GOOG_COLUMNS, goog_series, make_series, write_series_csv
+
+    if args.goog:
+        times, values = goog_series()
+        columns = list(GOOG_COLUMNS)
+    else:
+        times, values = make_series(args.length, args.variables, args.seed)
+        columns = [f"s{v}" for v in range(args.variables)]
+    path = write_series_csv(args.output, times, values, columns)
+    sys.stdout.write(f"wrote {path}: {len(values)} rows x {len(columns)} variables "
+                     f"({times[0]} .. {times[-1]})\n")
+    return 0
+
+
+# point clouds
+@command("make-shapes", help="write labelled 3-D shapes (trimesh primitives) as .off/.ply/.obj/.stl "
+                             "meshes in the ModelNet40 layout, or .txt points in the resampled layout", args=[
+    arg("output", metavar="OUT", help="folder: OUT/<class>/train|test/<class>_NNNN.<ext> (txt: "
+        "OUT/shape_names.txt, OUT/shapes_train|test.txt, OUT/<class>/<id>.txt)"),
+    arg("--per-class", type=positive_int, default=20, metavar="N",
+        help="shapes per class, a quarter of them in the test split (default 20)"),
+    arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)"),
+    arg("--format", dest="fmt", choices=("off", "ply", "mixed", "txt"), default="off",
+        help="off or ply meshes, mixed (off/ply/obj/stl in turn), or txt x,y,z,nx,ny,nz points "
+             "(default off)"),
+])
+def cmd_make_shapes(args: argparse.Namespace) -> int:
+    """7 classes (annulus, box, capsule, cone, cylinder, sphere, torus) with random size, aspect,
+    rotation about the up (z) axis, a small tilt and vertex noise."""
+    from .modalities.shapes_data import CLASSES, make_shapes
+
+    out = make_shapes(args.output, args.per_class, args.seed, args.fmt)
+    sys.stdout.write(f"wrote {args.per_class * len(CLASSES)} shapes ({args.fmt}) in {len(CLASSES)} "
+                     f"classes to {out}\n")
+    return 0
+
+
+# video
+@command("make-clips", help="write synthetic mp4 clips (a shape moving up/down, growing/shrinking) "
+                            "in class folders plus clips.csv", args=[
+    arg("output", metavar="OUT", help="folder to write OUT/<class>/NNN.mp4 and OUT/clips.csv"),
+    arg("--per-class", type=positive_int, default=20, metavar="N", help="clips per class (default 20)"),
+    arg("--frames", type=positive_int, default=16, metavar="F", help="frames per clip (default 16)"),
+    arg("--size", type=positive_int, default=64, metavar="S", help="frame size, even (default 64)"),
+    arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)"),
+    arg("--task", choices=["motion", "shape"], default="motion",
+        help="the class is the motion (down/grow/shrink/up; default) or the shape "
+             "(cross/diamond/disc/square)"),
+])
+def cmd_make_clips(args: argparse.Namespace) -> int:
+    """Render clips with numpy and encode them with PyAV (libx264, else mpeg4): 4 classes whose
+    label is the motion (down, grow, shrink, up) or, with --task shape, the shape; random
+    colours, position and speed."""
+    from .modalities.clips_data import make_clips, task_classes
+
+    out = make_clips(args.output, args.per_class, args.frames, args.size, args.seed, args.task)
+    n = len(task_classes(args.task))
+    sys.stdout.write(f"wrote {args.per_class * n} clips ({args.frames} frames, "
+                     f"{args.size}x{args.size}) in {n} {args.task} classes to {out}, list {out / 'clips.csv'}\n")
+    return 0
 
 
 # ---- plumbing ------------------------------------------------------------------------------------
@@ -546,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
     restore = _install_log_handler(level)
+    keep_freed_memory()  # our own process: reuse freed pages instead of page-faulting on new ones
     try:
         return args.func(args)
     except USER_ERRORS as e:
