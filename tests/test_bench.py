@@ -64,6 +64,7 @@ def test_run_bench_reports_all_parts():
     for part in ("inference", "train"):
         assert set(r["models"][part]) == {"largekernel", "reference", "convnext_t"}
         assert all(v["img_s"] > 0 for v in r["models"][part].values())
+    assert all(d["fwd_bwd_largekernel_ms"] > 0 and d["fwd_bwd_speedup_vs_nchw"] > 0 for d in r["dwconv"])
     text = format_bench(r)
     assert "x reference" in text and "GFLOP/s" in text and "paths:" in text
 
@@ -74,6 +75,6 @@ def test_bench_cli_json_and_bad_parts():
     res = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)
-    assert set(r["memory_mb"]) == {"largekernel", "reference"} and all(v >= 0 for v in r["memory_mb"].values())
+    assert set(r["memory_mb"]) == {"largekernel", "reference"} and all(v > 0 for v in r["memory_mb"].values())
     bad = subprocess.run(cmd[:-3] + ["--parts", "gpu"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown ['gpu']" in bad.stderr

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import malloc
+from ..layers.dwconv import DepthwiseConv2d
 from ..layers.reparam import reparameterize
 from ..models.registry import create_model
 from .baselines import ConvNeXt, Reference
@@ -60,35 +61,45 @@ def machine_info() -> dict:
 
 
 def measure_roof(rounds: int = 5) -> dict:
-    """fp32 GEMM peak (GFLOP/s, 1024^3 matmul) and memory bandwidth (GB/s, a 256 MB copy)."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    """fp32 GEMM peak (GFLOP/s, the better of 1024^3 and 2048^3 matmuls) and memory bandwidth
+    (GB/s, a 256 MB copy: read + write)."""
+    mats = {n: (torch.randn(n, n), torch.randn(n, n)) for n in (1024, 2048)}
     src, dst = torch.empty(64 * 2**20), torch.empty(64 * 2**20)
     src.normal_()
-    t = interleaved({"gemm": lambda: torch.mm(a, b), "copy": lambda: dst.copy_(src)}, rounds, warmup=2)
-    return dict(gemm_gflops=2 * 1024**3 / t["gemm"] / 1e9, bandwidth_gbs=2 * src.numel() * 4 / t["copy"] / 1e9)
+    t = interleaved({**{n: (lambda a=a, b=b: torch.mm(a, b)) for n, (a, b) in mats.items()},
+                     "copy": lambda: dst.copy_(src)}, rounds, warmup=2)
+    return dict(gemm_gflops=max(2 * n**3 / t[n] / 1e9 for n in mats),
+                bandwidth_gbs=2 * src.numel() * 4 / t["copy"] / 1e9)
 
 
 def bench_dwconv(batch: int, rounds: int, roof: dict, shapes=DW_SHAPES) -> list[dict]:
-    """13x13 depthwise conv forward and forward+backward per stage shape: stock NCHW, stock
-    channels_last; GFLOP/s and share of the roofline (FLOPs count every tap, padding included)."""
+    """Depthwise conv forward and forward+backward per stage shape (NCHW input): stock `F.conv2d` in
+    NCHW and in channels_last, and largekernel's `DepthwiseConv2d`; ms, share of the roofline
+    (FLOPs count every tap, padding included) and the speed-up over stock NCHW."""
     rows = []
     for c, size, k in shapes:
-        w = torch.randn(c, 1, k, k) * 0.02
+        ours = DepthwiseConv2d(c, k, padding=k // 2)
+        w = ours.weight.detach()
         x = torch.randn(batch, c, size, size)
         xcl = x.contiguous(memory_format=torch.channels_last)
 
-        def fwd(inp):
-            return lambda: F.conv2d(inp, w, None, 1, k // 2, 1, c)
+        def stock(inp, wi=w):
+            return F.conv2d(inp, wi, None, 1, k // 2, 1, c)
 
-        def fwd_bwd(inp):
+        def fwd_bwd(fn, inp):
             def run():
-                xi, wi = inp.detach().requires_grad_(), w.detach().requires_grad_()
-                F.conv2d(xi, wi, None, 1, k // 2, 1, c).sum().backward()
+                fn(inp.detach().requires_grad_()).sum().backward()
             return run
 
+        def stock_train(inp):
+            weight = w.detach().requires_grad_()
+            return F.conv2d(inp, weight, None, 1, k // 2, 1, c)
+
         with torch.inference_mode():
-            tf = interleaved({"nchw": fwd(x), "channels_last": fwd(xcl)}, rounds)
-        tb = interleaved({"nchw": fwd_bwd(x), "channels_last": fwd_bwd(xcl)}, rounds)
+            tf = interleaved({"nchw": lambda: stock(x), "channels_last": lambda: stock(xcl),
+                              "largekernel": lambda: ours(x)}, rounds)
+        tb = interleaved({"nchw": fwd_bwd(stock_train, x), "channels_last": fwd_bwd(stock_train, xcl),
+                          "largekernel": fwd_bwd(ours, x)}, rounds)
         flops = 2 * batch * c * size * size * k * k
         bytes_moved = 2 * 4 * batch * c * size * size
         roof_s = max(flops / (roof["gemm_gflops"] * 1e9), bytes_moved / (roof["bandwidth_gbs"] * 1e9))
@@ -97,6 +108,8 @@ def bench_dwconv(batch: int, rounds: int, roof: dict, shapes=DW_SHAPES) -> list[
             row[f"fwd_{name}_ms"] = 1e3 * tf[name]
             row[f"fwd_{name}_roofline_pct"] = 100 * roof_s / tf[name]
             row[f"fwd_bwd_{name}_ms"] = 1e3 * tb[name]
+            row[f"fwd_bwd_{name}_roofline_pct"] = 100 * 3 * roof_s / tb[name]  # fwd + dgrad + wgrad
+        row["fwd_bwd_speedup_vs_nchw"] = tb["nchw"] / tb["largekernel"]
         rows.append(row)
     return rows
 
@@ -146,20 +159,28 @@ def bench_models(name: str, size: int, batch: int, train_batch: int, rounds: int
     return out
 
 
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark (VmHWM). Unlike `ru_maxrss`, which a child
+    inherits from its parent at fork, VmHWM belongs to the process image and starts fresh at exec."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def peak_train_memory(name: str, which: str, size: int, batch: int) -> float:
-    """MB of resident memory a training step adds (peak RSS after 2 steps minus RSS before the
+    """MB of resident memory a training step adds (peak after 2 steps minus the peak before the
     first), measured in a fresh process so candidates do not share an allocator."""
-    code = ("import resource, sys, torch; from largekernel.tools import bench as b; "
+    code = ("import torch; from largekernel.tools import bench as b; "
             f"m = b.build_candidates({name!r}, {which!r})[{which!r}].train(); "
             f"x = torch.randn({batch}, 3, {size}, {size}); y = torch.randint(0, 1000, ({batch},)); "
             "s = b._train_step(m, torch.optim.AdamW(m.parameters(), lr=1e-4), x, y); "
-            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; s(); s(); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)")
+            "r0 = b.peak_rss_mb(); s(); s(); print(b.peak_rss_mb() - r0)")
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"memory probe for {which} failed:\n{res.stderr[-2000:]}")
-    return int(res.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    return float(res.stdout.strip().splitlines()[-1])
 
 
 def run_bench(model: str = "unireplknet_t", size: int = 224, batch: int = 16, train_batch: int = 8,
@@ -167,8 +188,9 @@ def run_bench(model: str = "unireplknet_t", size: int = 224, batch: int = 16, tr
               dw_batch: int = 8) -> dict:
     result: dict = dict(machine=machine_info(), model=model, size=size, batch=batch,
                         train_batch=train_batch, rounds=rounds,
-                        paths=dict(depthwise="stock F.conv2d (oneDNN); no custom op yet",
-                                   block="module forward", compile=False))
+                        paths=dict(depthwise="DepthwiseConv2d: oneDNN forward in the layout chosen per "
+                                             "shape; weight gradient as a depthwise conv with dy as "
+                                             "kernel", grn="per-sample column sums", compile=False))
     roof = measure_roof(rounds)
     result["roof"] = roof
     if "dwconv" in parts:
@@ -188,13 +210,14 @@ def format_bench(r: dict) -> str:
              f"roof: fp32 GEMM {r['roof']['gemm_gflops']:.0f} GFLOP/s, memory {r['roof']['bandwidth_gbs']:.1f} GB/s",
              f"paths: {', '.join(f'{k}={v}' for k, v in r['paths'].items())}", ""]
     if "dwconv" in r:
-        lines.append(f"depthwise conv, batch {r['dwconv'][0]['batch']} (ms; % of roofline):")
+        lines.append(f"depthwise conv, batch {r['dwconv'][0]['batch']}, ms (% of roofline): "
+                     "stock NCHW | stock channels_last | largekernel")
         for d in r["dwconv"]:
-            lines.append(f"  {d['kernel']}x{d['kernel']} {d['channels']}@{d['size']}: fwd NCHW "
-                         f"{d['fwd_nchw_ms']:.2f} ({d['fwd_nchw_roofline_pct']:.0f}%), channels_last "
-                         f"{d['fwd_channels_last_ms']:.2f} ({d['fwd_channels_last_roofline_pct']:.0f}%); "
-                         f"fwd+bwd NCHW {d['fwd_bwd_nchw_ms']:.2f}, channels_last "
-                         f"{d['fwd_bwd_channels_last_ms']:.2f}")
+            cells = {part: " | ".join(f"{d[f'{part}_{n}_ms']:.2f} ({d[f'{part}_{n}_roofline_pct']:.0f}%)"
+                                      for n in ("nchw", "channels_last", "largekernel"))
+                     for part in ("fwd", "fwd_bwd")}
+            lines.append(f"  {d['kernel']}x{d['kernel']} {d['channels']}@{d['size']}  fwd {cells['fwd']}")
+            lines.append(f"      fwd+bwd {cells['fwd_bwd']}  -> {d['fwd_bwd_speedup_vs_nchw']:.1f}x stock NCHW")
         lines.append("")
     for part, title in (("inference", f"inference, deploy form, batch {r['batch']}"),
                         ("train", f"training step, train form + AdamW, batch {r['train_batch']}")):
