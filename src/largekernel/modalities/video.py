@@ -1,1 +1,422 @@
-"""video modality (being written)."""
+"""The video modality: PyAV decoding, dense or uniform frame sampling, clips laid out as one image.
+
+A clip of T frames (3 x T x S x S after resize, crop and ImageNet normalisation) becomes one
+3 x sqrt(T)*S x sqrt(T)*S image, so the plain image backbone (in_chans 3) classifies it:
+- layout "mosaic" (default): frame t sits in grid cell (t // sqrt(T), t % sqrt(T));
+- layout "reshape": the authors' raw memory reshape of the contiguous (3, T, S, S) tensor
+  (for T=16, S=224: frame t fills rows 56t..56t+55, its rows h = 4j+b at row 56t+j, column block b).
+The layout happens in the dataset, so checkpoints are plain UniRepLKNets.
+
+Evaluation samples are stacks of clips x crops views (`eval_copies`); the engine averages their
+softmax scores. Every random choice of the training transform comes from torch's global RNG.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..engine.config import TrainConfig
+from .base import DataBundle, Modality, Skipped, register_modality
+from .image import CSV_HEADER_NAMES, _check_classes, one_thread, resolve_mean_std, stratified_split
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+SAMPLINGS = ("dense", "uniform")
+SHORT_CLIPS = ("loop", "pad")
+LAYOUTS = ("mosaic", "reshape")
+Sample = tuple[str, int]
+_warned: set[str] = set()  # files already warned about (short clips), per process
+
+
+def _av():
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError('video needs PyAV: pip install "largekernel[video]"') from e
+    return av
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def count_frames(path: str | Path) -> int:
+    """Frames in the first video stream: the container's count, else its packets (no decoding)."""
+    av = _av()
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path}: the file has no video stream")
+        stream = container.streams.video[0]
+        if stream.frames > 0:
+            return int(stream.frames)
+        return sum(1 for p in container.demux(stream) if p.size > 0)
+
+
+def _decode(path: str | Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode frames in order until the last wanted index; -> (wanted frames as RGB uint8, frames seen)."""
+    av = _av()
+    frames: dict[int, np.ndarray] = {}
+    last, seen = max(wanted), 0
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path}: the file has no video stream")
+        stream = container.streams.video[0]
+        for i, frame in enumerate(container.decode(stream)):
+            seen = i + 1
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    return frames, seen
+
+
+def read_frames(path: str | Path, indices_for: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Decode the frames `indices_for(n frames)` names -> uint8 array of shape indices.shape + (H, W, 3).
+
+    Raises ValueError naming the file when it cannot be opened or decoded, or has no frames.
+    When the container's frame count is too high (some codecs), indices are recomputed from the
+    frames actually decoded.
+    """
+    try:
+        n = count_frames(path)
+        if n == 0:
+            raise ValueError("no decodable video frames")
+        idx = np.asarray(indices_for(n))
+        frames, seen = _decode(path, set(idx.ravel().tolist()))
+        if seen == 0:
+            raise ValueError("no decodable video frames")
+        if len(frames) < len(set(idx.ravel().tolist())):  # fewer frames than announced
+            idx = np.asarray(indices_for(seen))
+            frames, seen = _decode(path, set(idx.ravel().tolist()))
+    except Exception as e:  # any decoder failure names the file
+        if isinstance(e, ValueError) and str(e).startswith(f"{path}: "):
+            raise
+        raise ValueError(f"{path}: cannot decode video ({e}); the file is truncated, corrupt or "
+                         "not a video") from e
+    return np.stack([frames[i] for i in idx.ravel().tolist()]).reshape(*idx.shape, *frames[idx.flat[0]].shape)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def frames_needed(frames: int, stride: int, sampling: str) -> int:
+    """Frames a clip must have to be sampled without looping or padding."""
+    return (frames - 1) * stride + 1 if sampling == "dense" else frames
+
+
+def sample_indices(n: int, frames: int, stride: int, sampling: str = "dense", short: str = "loop",
+                   clips: int = 1, train: bool = False) -> np.ndarray:
+    """Frame indices (clips x frames) into a clip of n frames.
+
+    dense: `frames` frames `stride` apart; the start is random in training, else clip k of K starts
+    at round(k * (n - span) / (K - 1)) (the centre when K = 1), span = (frames - 1) * stride + 1.
+    A clip shorter than span loops (index mod n) or pads with its last frame.
+    uniform: one frame per equal segment of the clip: random in each segment in training, else at
+    offset (k + 0.5) / K of each segment for clip k of K.
+    """
+    if n < 1:
+        raise ValueError("a clip needs at least one frame")
+    if sampling == "dense":
+        span = (frames - 1) * stride + 1
+        room = max(n - span, 0)
+        if train:
+            starts = torch.randint(0, room + 1, (clips,)).numpy()
+        elif clips == 1:
+            starts = np.array([room // 2])
+        else:
+            starts = np.array([round(k * room / (clips - 1)) for k in range(clips)])
+        idx = starts[:, None] + stride * np.arange(frames)[None]
+        return idx % n if short == "loop" else np.minimum(idx, n - 1)
+    if sampling == "uniform":
+        if train:
+            offsets = torch.rand(clips, frames).double().numpy()
+        else:
+            offsets = np.repeat(((np.arange(clips) + 0.5) / clips)[:, None], frames, axis=1)
+        idx = np.floor((np.arange(frames)[None] + offsets) * n / frames).astype(np.int64)
+        return np.minimum(idx, n - 1)
+    raise ValueError(f"sampling={sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+
+
+# ----------------------------------------------------------------------------- spatial transforms
+
+def grid_side(frames: int) -> int:
+    """sqrt(T) for a T that fits the one-image layouts; else a ValueError naming valid T."""
+    s = math.isqrt(max(frames, 0))
+    if frames >= 1 and s * s == frames:
+        return s
+    lo, hi = max(s, 1) ** 2, (s + 1) ** 2
+    near = f"frames={lo} or frames={hi}" if lo != hi and lo < frames else f"frames={hi}"
+    raise ValueError(f"frames={frames} cannot be laid out as one image: the mosaic and the reshape "
+                     f"need a perfect square number of frames (4, 9, 16, 25, ...); use {near}")
+
+
+def layout_clip(x: torch.Tensor, layout: str = "mosaic") -> torch.Tensor:
+    """(..., C, T, H, W) -> (..., C, s*H, s*W) with s = sqrt(T).
+
+    mosaic: frame t at grid cell (t // s, t % s). reshape: the authors' `x.reshape(B, C, s*H, s*W)`
+    of the contiguous tensor (each frame fills H/s consecutive rows of the s*W-wide image).
+    """
+    *lead, c, t, h, w = x.shape
+    s = grid_side(t)
+    if layout == "reshape":
+        return x.contiguous().reshape(*lead, c, s * h, s * w)
+    if layout == "mosaic":
+        return x.reshape(*lead, c, s, s, h, w).transpose(-3, -2).reshape(*lead, c, s * h, s * w)
+    raise ValueError(f"layout={layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def resize_short(x: torch.Tensor, short: int) -> torch.Tensor:
+    """Resize (N, C, H, W) so that min(H, W) == short (bilinear, antialiased, aspect kept)."""
+    h, w = x.shape[-2:]
+    if min(h, w) == short:
+        return x
+    scale = short / min(h, w)
+    size = (short, max(short, round(w * scale))) if h <= w else (max(short, round(h * scale)), short)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+
+
+def crop_positions(h: int, w: int, size: int, crops: int) -> list[tuple[int, int]]:
+    """(top, left) of `crops` size x size crops: centred on the short side, evenly spread along the
+    long side (3 crops: left/centre/right, or top/centre/bottom for portrait clips)."""
+    if crops == 1:
+        return [((h - size) // 2, (w - size) // 2)]
+    spread = [round(k * (max(h, w) - size) / (crops - 1)) for k in range(crops)]
+    if w >= h:
+        return [((h - size) // 2, left) for left in spread]
+    return [(top, (w - size) // 2) for top in spread]
+
+
+class ClipTransform:
+    """uint8 frames (K, T, H, W, 3) -> views: resize the short side to round(size / crop_pct), crop
+    (random + flip in training; `crops` fixed crops at eval), normalise, lay out as one image."""
+
+    def __init__(self, size: int, crop_pct: float, hflip: float, mean, std, layout: str) -> None:
+        self.size, self.short = size, max(round(size / crop_pct), size)
+        self.hflip, self.layout = hflip, layout
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, 3, S, S) in [0, 1] -> normalised (3, s*S, s*S)."""
+        x = ((x - self.mean) / self.std).transpose(0, 1).contiguous()
+        return layout_clip(x, self.layout)
+
+    def train(self, frames: np.ndarray) -> torch.Tensor:
+        x = resize_short(torch.from_numpy(frames[0]).permute(0, 3, 1, 2).float().div_(255), self.short)
+        h, w = x.shape[-2:]
+        top = int(torch.randint(0, h - self.size + 1, ()))
+        left = int(torch.randint(0, w - self.size + 1, ()))
+        x = x[..., top:top + self.size, left:left + self.size]
+        if self.hflip > 0 and torch.rand(()) < self.hflip:
+            x = x.flip(-1)
+        return self._finish(x)
+
+    def eval(self, frames: np.ndarray, crops: int) -> torch.Tensor:
+        """-> (K * crops, 3, s*S, s*S), clip-major."""
+        views = []
+        for clip in frames:
+            x = resize_short(torch.from_numpy(clip).permute(0, 3, 1, 2).float().div_(255), self.short)
+            for top, left in crop_positions(*x.shape[-2:], self.size, crops):
+                views.append(self._finish(x[..., top:top + self.size, left:left + self.size]))
+        return torch.stack(views)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Fail early, with the fix, on video options that cannot work."""
+    grid_side(cfg.frames)
+    if cfg.in_chans != 3:
+        raise ValueError(f"in_chans={cfg.in_chans}: video frames are decoded as RGB; use in_chans=3")
+    if cfg.sampling not in SAMPLINGS:
+        raise ValueError(f"sampling={cfg.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+    if cfg.short_clip not in SHORT_CLIPS:
+        raise ValueError(f"short_clip={cfg.short_clip!r}; choose one of {', '.join(SHORT_CLIPS)}")
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"layout={cfg.layout!r}; choose one of {', '.join(LAYOUTS)}")
+    for name in ("frame_stride", "val_clips", "val_crops", "test_clips", "test_crops"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}={getattr(cfg, name)} must be >= 1")
+
+
+def load_clip(path: str | Path, cfg: TrainConfig, train: bool, clips: int = 1,
+              crops: int = 1) -> torch.Tensor:
+    """One training clip (3, s*S, s*S), or the eval views (clips * crops, 3, s*S, s*S).
+
+    Raises ValueError naming the file if it cannot be decoded; a clip with too few frames is looped
+    or padded (cfg.short_clip) with a warning naming it, once per file.
+    """
+    def indices(n: int) -> np.ndarray:
+        need = frames_needed(cfg.frames, cfg.frame_stride, cfg.sampling)
+        if n < need and str(path) not in _warned:
+            _warned.add(str(path))
+            how = ("repeating frames" if cfg.sampling == "uniform" else
+                   "looping it" if cfg.short_clip == "loop" else "padding with its last frame")
+            log.warning("%s: %d frames, fewer than the %d that %s sampling of %d frames needs; %s",
+                        path, n, need, cfg.sampling, cfg.frames, how)
+        return sample_indices(n, cfg.frames, cfg.frame_stride, cfg.sampling, cfg.short_clip,
+                              1 if train else clips, train)
+
+    frames = read_frames(path, indices)
+    mean, std = resolve_mean_std(cfg)
+    transform = ClipTransform(cfg.input_size, cfg.crop_pct, cfg.hflip, mean, std, cfg.layout)
+    return transform.train(frames) if train else transform.eval(frames, crops)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class VideoDataset(Dataset):
+    """(path, class index) samples decoded per item; unreadable files -> Skipped (unless strict).
+
+    Training items are one clip (3, s*S, s*S); evaluation items are (clips * crops, 3, s*S, s*S).
+    """
+
+    def __init__(self, samples: list[Sample], classes: list[str], cfg: TrainConfig, train: bool,
+                 clips: int = 1, crops: int = 1) -> None:
+        self.samples, self.classes, self.cfg, self.train = samples, classes, cfg, train
+        self.clips, self.crops = clips, crops
+        self.targets = [y for _, y in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        with one_thread():
+            try:
+                return load_clip(path, self.cfg, self.train, self.clips, self.crops), label
+            except ValueError as e:
+                if self.cfg.strict:
+                    raise
+                return Skipped(str(path), str(e).removeprefix(f"{path}: "))
+
+
+def scan_folder(root: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
+    """root/<class>/**/<video> -> samples and classes (sorted folder names unless given)."""
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not dirs:
+        raise ValueError(f"{root}: no videos found; expected one subfolder per class "
+                         f"({root}/<class_name>/<clip>.mp4) or a CSV of path,label")
+    found = [d.name for d in dirs]
+    if classes is None:
+        classes = found
+    else:
+        _check_classes(found, classes, str(root), source)
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[Sample] = []
+    for d in dirs:
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+                       and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"{d}: class folder has no videos ({' '.join(EXTENSIONS)}); "
+                             f"add videos or remove the folder")
+        samples += [(str(p), index[d.name]) for p in files]
+    return samples, classes
+
+
+def read_csv(path: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
+    """A Kinetics-style CSV of path,label (optional header; relative paths against the CSV's folder)."""
+    rows: list[tuple[int, str, str]] = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise ValueError(f"{path}, line {line}: expected 2 columns 'path,label', got {row}")
+            p, label = row[0].strip(), row[1].strip()
+            if not rows and line == 1 and p.lower() in CSV_HEADER_NAMES | {"video", "clip"}:
+                continue  # header
+            rows.append((line, p, label))
+    if not rows:
+        raise ValueError(f"{path}: the CSV lists no videos; expected lines of path,label")
+    if classes is None:
+        classes = sorted({label for _, _, label in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[Sample] = []
+    missing = []
+    for line, p, label in rows:
+        if label not in index:
+            raise ValueError(f"{path}, line {line}: label {label!r} is not in {source} {classes}; "
+                             f"fix the label or the class list")
+        file = Path(p) if Path(p).is_absolute() else path.parent / p
+        if not file.is_file():
+            missing.append((line, file))
+        samples.append((str(file), index[label]))
+    if missing:
+        line, file = missing[0]
+        raise ValueError(f"{path}, line {line}: file {file} does not exist ({len(missing)} missing "
+                         f"file(s) in all); relative paths are resolved against the CSV's folder")
+    return samples, classes
+
+
+def load_samples(path: str | Path, classes: list[str] | None,
+                 source: str = "the class list") -> tuple[list[Sample], list[str]]:
+    """A folder of class folders or a CSV -> (samples, classes)."""
+    p = Path(path)
+    if p.is_dir():
+        return scan_folder(p, classes, source)
+    if p.is_file():
+        return read_csv(p, classes, source)
+    raise ValueError(f"{p} does not exist; pass a folder with one subfolder of videos per class or "
+                     f"a CSV of path,label")
+
+
+@register_modality
+class VideoModality(Modality):
+    """Video clips: class-per-folder or CSV datasets, PyAV decoding, clips laid out as one image."""
+
+    name = "video"
+    extensions = EXTENSIONS
+    eval_copies = True
+
+    def datasets(self, cfg: TrainConfig, train: bool = True) -> DataBundle:
+        """Train + val (given, or a stratified split); validation averages val_clips x val_crops
+        views, `eval` (train=False) test_clips x test_crops."""
+        check_config(cfg)
+        _av()
+        if not train:
+            path = cfg.val or cfg.train
+            if not path:
+                raise ValueError("no data to evaluate: pass a folder or CSV of videos (val=PATH)")
+            samples, classes = load_samples(path, cfg.classes, "the checkpoint's classes")
+            return DataBundle(None, VideoDataset(samples, classes, cfg, False, cfg.test_clips,
+                                                 cfg.test_crops), classes)
+        if not cfg.train:
+            raise ValueError("no training data: set train=PATH (a folder with one subfolder of "
+                             "videos per class, or a CSV of path,label)")
+        samples, classes = load_samples(cfg.train, cfg.classes, "the configured classes")
+        if cfg.val:
+            val, _ = load_samples(cfg.val, classes, "the training classes")
+        else:
+            samples, val = stratified_split(samples, cfg.val_split, cfg.seed)
+        val_set = VideoDataset(val, classes, cfg, False, cfg.val_clips, cfg.val_crops) if val else None
+        return DataBundle(VideoDataset(samples, classes, cfg, True), val_set, classes)
+
+    def load(self, path: str | Path, cfg: TrainConfig) -> torch.Tensor:
+        """The test_clips x test_crops views (V, 3, s*S, s*S) of one file, for `predict`."""
+        check_config(cfg)
+        with one_thread():
+            return load_clip(path, cfg, False, cfg.test_clips, cfg.test_crops)
+
+    @torch.no_grad()
+    def predict(self, trained, paths: list[str | Path], topk: int = 5,
+                options: dict | None = None) -> list[dict]:
+        """Top-k classes per file from softmax scores averaged over the test views."""
+        results = []
+        for p in paths:
+            try:
+                x = self.load(p, trained.cfg)
+            except ValueError as e:
+                log.error("%s", e)
+                results.append(dict(path=str(p), error=str(e)))
+                continue
+            probs = trained.model(x).float().softmax(-1).mean(0)
+            top = probs.topk(min(topk, probs.numel()))
+            names = trained.classes or [str(i) for i in range(probs.numel())]
+            results.append(dict(path=str(p), top=[dict(label=names[i], index=int(i), prob=float(v))
+                                                   for v, i in zip(top.values, top.indices)]))
+        return results
