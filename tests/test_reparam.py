@@ -127,7 +127,7 @@ def test_state_dict_loads_strictly_into_deploy_model(name, randomize_reparam_sta
         result = fresh.load_state_dict(model.state_dict(), strict=True)
         assert not result.missing_keys and not result.unexpected_keys
         out = fresh(x)
-    assert torch.equal(out, model(x).detach())
+        assert torch.equal(out, model(x))  # same weights, same (no-grad) path: bit-identical
     assert rel_err(out, ref) <= TOL
 
 
@@ -429,3 +429,25 @@ def test_drb_bad_branch_arguments():
         DilatedReparamBlock(4, 13, kernel_sizes=(3, 5), dilations=(2,))
     with pytest.raises(ValueError, match=r"give both kernel_sizes and dilations"):
         DilatedReparamBlock(4, 13, kernel_sizes=(3, 5))
+
+
+def test_fast_cpu_inference_path_matches_the_module_path(randomize_reparam_state):
+    """Deploy blocks under no_grad take a hand-scheduled path (SE into the NHWC buffer, fused
+    Linear+GELU, GRN's scale folded into per-sample weights where HW > 2C); it equals the plain
+    module path, which autograd mode takes."""
+    from largekernel.models import unireplknet as u
+
+    model = lk.reparameterize(randomize_reparam_state(build("unireplknet_a")).eval())
+    x = inputs(2, 96, 80)  # stage maps 24x20 (folded GRN), 3x3 (plain GRN)
+    with torch.no_grad():
+        fast = model(x)
+    plain = model(x.requires_grad_()).detach()
+    assert rel_err(fast, plain) <= 1e-6
+    t, w, b = torch.randn(2, 5, 7, 16), torch.randn(64, 16), torch.randn(64)
+    ref = torch.nn.functional.gelu(torch.nn.functional.linear(t, w, b))
+    assert rel_err(u.linear_gelu(t, w, b), ref) <= 1e-6
+    saved, u._fused_linear_gelu = u._fused_linear_gelu, False
+    try:
+        assert torch.equal(u.linear_gelu(t, w, b), ref)
+    finally:
+        u._fused_linear_gelu = saved

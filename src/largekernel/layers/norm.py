@@ -39,10 +39,14 @@ class GRN(nn.Module):
             self.register_parameter("beta", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(x)
+        return x * scale if self.beta is None else torch.addcmul(self.beta, x, scale)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-sample, per-channel factor (N, 1, 1, C) that GRN multiplies x by."""
         gx = spatial_l2_norm(x)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
-        scale = self.gamma * nx + 1
-        return x * scale if self.beta is None else torch.addcmul(self.beta, x, scale)
+        return self.gamma * nx + 1
 
     def extra_repr(self) -> str:
         return f"{self.gamma.shape[-1]}, use_bias={self.beta is not None}"
