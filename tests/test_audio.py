@@ -239,7 +239,7 @@ def test_generic_folder_and_csv(tmp_path):
     csv.write_text("path,label\ngen/high/s0_nohash_0.wav,high\ngen/low/s1_nohash_0.wav,low\n")
     data = get_modality("audio").datasets(audio_cfg(train=str(csv), val=str(csv)))
     assert data.classes == ["high", "low"] and len(data.val) == 2
-    with pytest.raises(ValueError, match="no class folders"):
+    with pytest.raises(ValueError, match="no audio files found; expected one subfolder per class"):
         get_modality("audio").datasets(audio_cfg(train=str(root / "high")))
 
 

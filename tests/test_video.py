@@ -21,7 +21,7 @@ import torch
 from largekernel.cli import main
 from largekernel.engine.config import TrainConfig, resolve_config
 from largekernel.models.registry import IMAGENET_MEAN, IMAGENET_STD
-from largekernel.modalities import Skipped, get_modality
+from largekernel.modalities import get_modality
 from largekernel.modalities.clips_data import CLASSES, make_clips, render_clip, write_video
 from largekernel.modalities.video import (ClipTransform, VideoModality, count_frames, crop_positions,
                                           grid_side, layout_clip, load_clip, read_frames,
@@ -264,7 +264,7 @@ def test_folder_and_csv_datasets(clips, tmp_path):
 
 
 @pytest.mark.parametrize("case, match", [
-    ("missing", r"nope does not exist; pass a folder with one subfolder of videos per class"),
+    ("missing", r"nope does not exist; pass a folder with one subfolder per class or a CSV"),
     ("no_class_dirs", r"no videos found; expected one subfolder per class"),
     ("empty_class", r"empty: class folder has no videos \(\.mp4 \.webm \.avi \.mkv \.mov\)"),
     ("bad_label", r"k\.csv, line 2: label 'cat' is not in the configured classes \['dog'\]"),

@@ -372,7 +372,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate with the preprocessing and classes recorded in the checkpoint."""
     import torch
 
-    from .engine.evaluate import evaluate
     from .engine.inference import load_trained
 
     trained = load_trained(args.checkpoint, ema=args.ema)

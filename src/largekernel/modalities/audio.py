@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from ..engine.config import TrainConfig
 from .base import DataBundle, Modality, Skipped, register_modality
-from .image import _check_classes, one_thread, read_csv, stratified_split
+from . import image
+from .image import one_thread, stratified_split
 
 EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 NOISE_DIR = "_background_noise_"
@@ -298,27 +299,9 @@ class AudioDataset(Dataset):
 
 
 def scan_folder(root: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
-    """root/<class>/**/<audio> -> samples and classes (sorted folder names unless given); folders
-    whose name starts with '_' or '.' (e.g. `_background_noise_`) are not classes."""
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(("_", ".")))
-    if not dirs:
-        raise ValueError(f"{root}: no class folders; expected {root}/<class_name>/<clip>.wav "
-                         f"(Speech Commands layout) or a CSV of path,label")
-    found = [d.name for d in dirs]
-    if classes is None:
-        classes = found
-    else:
-        _check_classes(found, classes, str(root), source)
-    index = {c: i for i, c in enumerate(classes)}
-    samples: list[Sample] = []
-    for d in dirs:
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-                       and not p.name.startswith("."))
-        if not files:
-            raise ValueError(f"{d}: class folder has no audio files ({' '.join(EXTENSIONS)}); "
-                             f"add clips or remove the folder")
-        samples += [(str(p), index[d.name]) for p in files]
-    return samples, classes
+    """root/<class>/**/<audio> -> samples and classes; folders whose name starts with '_' or '.'
+    (e.g. `_background_noise_`) are not classes."""
+    return image.scan_folder(root, classes, source, EXTENSIONS, "audio files", "<clip>.wav", ("_", "."))
 
 
 def read_list(path: Path, samples: list[Sample]) -> list[Sample]:
@@ -350,7 +333,7 @@ def load_split(path: str | Path, classes: list[str] | None, part: str,
         samples, classes = scan_folder(p.parent, classes, source)
         return read_list(p, samples), classes
     if p.is_file():
-        return read_csv(p, classes, source)
+        return image.read_csv(p, classes, source, "audio files")
     if not p.is_dir():
         raise ValueError(f"{p} does not exist; pass a folder with one subfolder per class "
                          f"(e.g. Speech Commands), a Speech Commands list file or a CSV of path,label")

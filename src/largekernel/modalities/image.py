@@ -21,7 +21,7 @@ from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .base import DataBundle, Modality, Skipped, register_modality
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-CSV_HEADER_NAMES = {"path", "file", "filename", "filepath", "image", "img"}
+CSV_HEADER_NAMES = {"path", "file", "filename", "filepath", "image", "img", "video", "clip", "audio"}
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 Sample = tuple[str, int]
 
@@ -222,12 +222,16 @@ def _check_classes(found: list[str], classes: list[str], where: str, source: str
                          f"remove them or fix the class list")
 
 
-def scan_folder(root: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
-    """root/<class>/**/<image> -> samples and classes (sorted folder names unless given)."""
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+def scan_folder(root: Path, classes: list[str] | None, source: str, extensions=EXTENSIONS,
+                kind: str = "images", example: str = "<image>",
+                skip: tuple[str, ...] = (".",)) -> tuple[list[Sample], list[str]]:
+    """root/<class>/**/<file> -> samples and classes (sorted folder names unless given); files with
+    `extensions` count, folders whose name starts with one of `skip` are not classes. `kind` and
+    `example` word the errors (e.g. "videos", "<clip>.mp4")."""
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(skip))
     if not dirs:
-        raise ValueError(f"{root}: no images found; expected one subfolder per class "
-                         f"({root}/<class_name>/<image>) or a CSV of path,label")
+        raise ValueError(f"{root}: no {kind} found; expected one subfolder per class "
+                         f"({root}/<class_name>/{example}) or a CSV of path,label")
     found = [d.name for d in dirs]
     if classes is None:
         classes = found
@@ -236,16 +240,17 @@ def scan_folder(root: Path, classes: list[str] | None, source: str) -> tuple[lis
     index = {c: i for i, c in enumerate(classes)}
     samples: list[Sample] = []
     for d in dirs:
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in extensions and p.is_file()
                        and not p.name.startswith("."))
         if not files:
-            raise ValueError(f"{d}: class folder has no images ({' '.join(EXTENSIONS)}); "
-                             f"add images or remove the folder")
+            raise ValueError(f"{d}: class folder has no {kind} ({' '.join(extensions)}); "
+                             f"add {kind} or remove the folder")
         samples += [(str(p), index[d.name]) for p in files]
     return samples, classes
 
 
-def read_csv(path: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
+def read_csv(path: Path, classes: list[str] | None, source: str,
+             kind: str = "images") -> tuple[list[Sample], list[str]]:
     """A CSV of path,label (optional header; relative paths against the CSV's folder)."""
     rows: list[tuple[int, str, str]] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -259,7 +264,7 @@ def read_csv(path: Path, classes: list[str] | None, source: str) -> tuple[list[S
                 continue  # header
             rows.append((line, p, label))
     if not rows:
-        raise ValueError(f"{path}: the CSV lists no images; expected lines of path,label")
+        raise ValueError(f"{path}: the CSV lists no {kind}; expected lines of path,label")
     if classes is None:
         classes = sorted({label for _, _, label in rows})
     index = {c: i for i, c in enumerate(classes)}
@@ -280,14 +285,15 @@ def read_csv(path: Path, classes: list[str] | None, source: str) -> tuple[list[S
     return samples, classes
 
 
-def load_samples(path: str | Path, classes: list[str] | None,
-                 source: str = "the class list") -> tuple[list[Sample], list[str]]:
+def load_samples(path: str | Path, classes: list[str] | None, source: str = "the class list",
+                 extensions=EXTENSIONS, kind: str = "images",
+                 example: str = "<image>") -> tuple[list[Sample], list[str]]:
     """A folder or a CSV -> (samples, classes); `source` names where a fixed class list came from."""
     p = Path(path)
     if p.is_dir():
-        return scan_folder(p, classes, source)
+        return scan_folder(p, classes, source, extensions, kind, example)
     if p.is_file():
-        return read_csv(p, classes, source)
+        return read_csv(p, classes, source, kind)
     raise ValueError(f"{p} does not exist; pass a folder with one subfolder per class or a CSV "
                      f"of path,label")
 

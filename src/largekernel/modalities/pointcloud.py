@@ -519,7 +519,7 @@ def load_split(path: str | Path, split: str, classes: list[str] | None,
     class-per-folder tree or CSV (then has_splits is False)."""
     p = Path(path)
     if p.is_file():
-        samples, classes = read_csv(p, classes, source)
+        samples, classes = read_csv(p, classes, source, "point clouds")
         return samples, classes, False
     if not p.is_dir():
         raise ValueError(f"{p} does not exist; pass a ModelNet-style folder (<class>/train|test/"

@@ -12,7 +12,6 @@ softmax scores. Every random choice of the training transform comes from torch's
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from pathlib import Path
@@ -25,7 +24,8 @@ from torch.utils.data import Dataset
 
 from ..engine.config import TrainConfig
 from .base import DataBundle, Modality, Skipped, register_modality
-from .image import CSV_HEADER_NAMES, _check_classes, one_thread, resolve_mean_std, stratified_split
+from . import image
+from .image import one_thread, resolve_mean_std, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -295,74 +295,10 @@ class VideoDataset(Dataset):
                 return Skipped(str(path), str(e).removeprefix(f"{path}: "))
 
 
-def scan_folder(root: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
-    """root/<class>/**/<video> -> samples and classes (sorted folder names unless given)."""
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not dirs:
-        raise ValueError(f"{root}: no videos found; expected one subfolder per class "
-                         f"({root}/<class_name>/<clip>.mp4) or a CSV of path,label")
-    found = [d.name for d in dirs]
-    if classes is None:
-        classes = found
-    else:
-        _check_classes(found, classes, str(root), source)
-    index = {c: i for i, c in enumerate(classes)}
-    samples: list[Sample] = []
-    for d in dirs:
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-                       and not p.name.startswith("."))
-        if not files:
-            raise ValueError(f"{d}: class folder has no videos ({' '.join(EXTENSIONS)}); "
-                             f"add videos or remove the folder")
-        samples += [(str(p), index[d.name]) for p in files]
-    return samples, classes
-
-
-def read_csv(path: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
-    """A Kinetics-style CSV of path,label (optional header; relative paths against the CSV's folder)."""
-    rows: list[tuple[int, str, str]] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{path}, line {line}: expected 2 columns 'path,label', got {row}")
-            p, label = row[0].strip(), row[1].strip()
-            if not rows and line == 1 and p.lower() in CSV_HEADER_NAMES | {"video", "clip"}:
-                continue  # header
-            rows.append((line, p, label))
-    if not rows:
-        raise ValueError(f"{path}: the CSV lists no videos; expected lines of path,label")
-    if classes is None:
-        classes = sorted({label for _, _, label in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    samples: list[Sample] = []
-    missing = []
-    for line, p, label in rows:
-        if label not in index:
-            raise ValueError(f"{path}, line {line}: label {label!r} is not in {source} {classes}; "
-                             f"fix the label or the class list")
-        file = Path(p) if Path(p).is_absolute() else path.parent / p
-        if not file.is_file():
-            missing.append((line, file))
-        samples.append((str(file), index[label]))
-    if missing:
-        line, file = missing[0]
-        raise ValueError(f"{path}, line {line}: file {file} does not exist ({len(missing)} missing "
-                         f"file(s) in all); relative paths are resolved against the CSV's folder")
-    return samples, classes
-
-
 def load_samples(path: str | Path, classes: list[str] | None,
                  source: str = "the class list") -> tuple[list[Sample], list[str]]:
-    """A folder of class folders or a CSV -> (samples, classes)."""
-    p = Path(path)
-    if p.is_dir():
-        return scan_folder(p, classes, source)
-    if p.is_file():
-        return read_csv(p, classes, source)
-    raise ValueError(f"{p} does not exist; pass a folder with one subfolder of videos per class or "
-                     f"a CSV of path,label")
+    """A folder of class folders or a CSV of path,label -> (samples, classes)."""
+    return image.load_samples(path, classes, source, EXTENSIONS, "videos", "<clip>.mp4")
 
 
 @register_modality

@@ -9,7 +9,6 @@ roofline min(peak, AI x bandwidth).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import platform
 import statistics
