@@ -7,8 +7,6 @@ step takes a fraction of a second on 2 busy CPU cores.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -22,30 +20,17 @@ import soundfile as sf
 import soxr
 import torch
 
-from largekernel.cli import main
 from largekernel.engine.config import resolve_config
 from largekernel.modalities import Skipped, collate, get_modality
 from largekernel.modalities.audio import (AudioDataset, AudioError, FrontEnd, fit_frames,
                                           kaldi_fbank, load_split, read_audio, resample,
                                           spec_augment)
 from largekernel.modalities.speech_data import espeak, write_speech_dataset
+from clitools import run_cli, sub_env
 
 TINY = ["--model", "unireplknet_a", "--model-kwargs", '{"kernel_sizes": [3, 3, 3, 3]}',
         "--in-chans", "1", "--mel-bins", "40", "--target-frames", "100", "--warmup-epochs", "0",
         "--lr", "2e-3", "--batch-size", "8"]
-
-
-def run_cli(argv: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def sub_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def sine(freq: float, rate: int, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:

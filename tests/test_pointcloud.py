@@ -5,11 +5,8 @@ augmentation, both ModelNet40 layouts, test-time copies, bad input, and the CLI 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +17,6 @@ import pytest
 import torch
 import trimesh
 
-from largekernel.cli import main
 from largekernel.engine.config import PRESETS, resolve_config
 from largekernel.modalities import Skipped, get_modality
 from largekernel.modalities.pointcloud import (EXTENT, SPLAT, PointCloudDataset, augment,
@@ -29,6 +25,7 @@ from largekernel.modalities.pointcloud import (EXTENT, SPLAT, PointCloudDataset,
                                                read_mesh_or_points, rotated_copies, rotation_about,
                                                splat, view_rotations)
 from largekernel.modalities.shapes_data import CLASSES, make_shapes
+from clitools import run_cli, sub_env
 
 TINY = dict(modality="pointcloud", model="unireplknet_a", input_size=32, num_points=64,
             mesh_points=500, knn=8, views=2, test_copies=3, batch_size=4)
@@ -36,19 +33,6 @@ TINY = dict(modality="pointcloud", model="unireplknet_a", input_size=32, num_poi
 
 def tiny_cfg(**kw):
     return resolve_config(overrides=dict(TINY, **kw))
-
-
-def run_cli(argv: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def sub_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 @pytest.fixture(scope="module")

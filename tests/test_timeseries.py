@@ -3,11 +3,8 @@ split and train-only scaler, windows, RevIN, the embedding map, the model, the b
 and the CLI (make-series, train, eval, predict). Tiny models (UniRepLKNet-A on a 28 x 28 map)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,30 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from largekernel.cli import main
 from largekernel.engine.config import resolve_config
 from largekernel.modalities import get_modality
 from largekernel.modalities.series_data import make_series, write_series_csv
 from largekernel.modalities.timeseries import (Forecaster, RevIN, SeriesEmbedding, WindowDataset,
                                                fit_scaler, infer_season, map_side, read_series,
                                                split_bounds, time_features, window_starts)
+from clitools import run_cli, sub_env
 
 TINY = ["--modality", "timeseries", "--model", "unireplknet_a", "--lookback", "48", "--horizon", "12",
         "--embed-dim", "16", "--warmup-epochs", "0", "--lr", "2e-3", "--batch-size", "16"]
-
-
-def run_cli(argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def sub_env() -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def write_csv(path: Path, text: str) -> Path:

@@ -7,8 +7,6 @@ step takes seconds instead of ~0.2 s.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -27,8 +25,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import largekernel
-from largekernel.cli import main
 from largekernel.modalities.image import load_samples, stratified_split
+from clitools import run_cli, sub_env
 
 CLASSES = ["diag", "horiz", "vert"]
 # 3 x 12 images, val_split 0.25 -> 27 train / 9 val; batch 6 -> 5 steps per epoch (sampler pads to 30)
@@ -58,21 +56,6 @@ def write_stripes(root: Path, per_class: int = 12, size: int = 32, seed: int = 0
 def write_garbage(path: Path, n: int = 600, seed: int = 1) -> Path:
     path.write_bytes(np.random.RandomState(seed).bytes(n))
     return path
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """`largekernel ARGV` in-process -> (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def sub_env() -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def train_cmd(*args) -> list[str]:

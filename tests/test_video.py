@@ -4,8 +4,6 @@ end to end (tiny: 4 frames of 16-32 px, UniRepLKNet-A).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 import logging
@@ -18,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from largekernel.cli import main
 from largekernel.engine.config import TrainConfig, resolve_config
 from largekernel.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from largekernel.modalities import get_modality
@@ -26,6 +23,7 @@ from largekernel.modalities.clips_data import CLASSES, make_clips, render_clip, 
 from largekernel.modalities.video import (ClipTransform, VideoModality, count_frames, crop_positions,
                                           grid_side, layout_clip, load_clip, read_frames,
                                           sample_indices)
+from clitools import run_cli, sub_env
 
 TINY = ["--model", "unireplknet_a", "--input-size", "16", "--frames", "4", "--frame-stride", "4",
         "--randaug", "none", "--reprob", "0", "--warmup-epochs", "0", "--lr", "2e-3"]
@@ -56,19 +54,6 @@ def ramp_clip(path: Path, n: int = 12, size: int = 32, codec: str | None = None)
         for p in s.encode():
             c.mux(p)
     return path
-
-
-def run_cli(argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def sub_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 # ---------------------------------------------------------------------------------------- decoding
