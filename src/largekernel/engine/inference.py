@@ -65,7 +65,9 @@ def _no_download(cfg: TrainConfig) -> TrainConfig:
 
 @torch.no_grad()
 def predict_files(trained: Trained, paths: list[str | Path], topk: int = 5) -> list[dict]:
-    """Top-k predictions per file; an unreadable file gives an entry with `error` set."""
+    """Top-k predictions per file; an unreadable file gives an entry with `error` set. For a
+    modality with test-time copies (`eval_copies`), `load` gives the stack of copies and the
+    softmax scores are averaged over them, as `eval` does."""
     results = []
     for p in paths:
         modality = trained.modality or modality_for_file(p)
@@ -75,7 +77,8 @@ def predict_files(trained: Trained, paths: list[str | Path], topk: int = 5) -> l
             log.error("%s", e)
             results.append(dict(path=str(p), error=str(e)))
             continue
-        probs = trained.model(x[None]).float().softmax(-1)[0]
+        copies = modality.eval_copies
+        probs = trained.model(x if copies else x[None]).float().softmax(-1).mean(0)
         k = min(topk, probs.numel())
         top = probs.topk(k)
         names = trained.classes or [str(i) for i in range(probs.numel())]

@@ -596,29 +596,10 @@ class PointCloudModality(Modality):
         return x / x.norm(dim=-1, keepdim=True)
 
     def load(self, path: str | Path, cfg: TrainConfig) -> torch.Tensor:
-        """One (num_points, 3) unit-sphere cloud for `predict`."""
-        return load_points(path, cfg.num_points, cfg.mesh_points)
-
-    @torch.no_grad()
-    def predict(self, trained, paths, topk: int = 5, options: dict | None = None) -> list[dict]:
-        """Top-k classes per file, from softmax scores averaged over the `test_copies` rotated
-        copies (as `eval`)."""
-        copies, up = trained.cfg.test_copies, UP_AXES[trained.cfg.up_axis][2]
-        names = trained.classes or []
-        results = []
-        for p in paths:
-            try:
-                x = self.load(p, trained.cfg)
-            except ValueError as e:
-                log.error("%s", e)
-                results.append(dict(path=str(p), error=str(e)))
-                continue
-            probs = trained.model(rotated_copies(x, copies, up)).float().softmax(-1).mean(0)
-            top = probs.topk(min(topk, probs.numel()))
-            results.append(dict(path=str(p), top=[
-                dict(label=names[i] if names else str(i), index=int(i), prob=float(v))
-                for v, i in zip(top.values.tolist(), top.indices.tolist())]))
-        return results
+        """The `test_copies` rotated copies (copies, num_points, 3) of one unit-sphere cloud, for
+        `predict` (which averages their scores, as `eval`)."""
+        return rotated_copies(load_points(path, cfg.num_points, cfg.mesh_points), cfg.test_copies,
+                              UP_AXES[cfg.up_axis][2])
 
 
 def _check_config(cfg: TrainConfig) -> None:

@@ -337,22 +337,3 @@ class VideoModality(Modality):
         check_config(cfg)
         with one_thread():
             return load_clip(path, cfg, False, cfg.test_clips, cfg.test_crops)
-
-    @torch.no_grad()
-    def predict(self, trained, paths: list[str | Path], topk: int = 5,
-                options: dict | None = None) -> list[dict]:
-        """Top-k classes per file from softmax scores averaged over the test views."""
-        results = []
-        for p in paths:
-            try:
-                x = self.load(p, trained.cfg)
-            except ValueError as e:
-                log.error("%s", e)
-                results.append(dict(path=str(p), error=str(e)))
-                continue
-            probs = trained.model(x).float().softmax(-1).mean(0)
-            top = probs.topk(min(topk, probs.numel()))
-            names = trained.classes or [str(i) for i in range(probs.numel())]
-            results.append(dict(path=str(p), top=[dict(label=names[i], index=int(i), prob=float(v))
-                                                   for v, i in zip(top.values, top.indices)]))
-        return results
