@@ -14,7 +14,6 @@ torch's global RNG, so the engine's per-sample seeding makes runs reproducible.
 """
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from pathlib import Path
@@ -30,7 +29,6 @@ from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .base import DataBundle, Modality, Skipped, register_modality
 from .image import one_thread, read_csv, stratified_split
 
-log = logging.getLogger(__name__)
 
 MESH_EXTENSIONS = (".off", ".obj", ".stl", ".ply")
 POINT_EXTENSIONS = (".xyz", ".txt", ".npy")  # and .ply files without faces
