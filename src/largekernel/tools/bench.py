@@ -189,7 +189,8 @@ def run_bench(model: str = "unireplknet_t", size: int = 224, batch: int = 16, tr
                         train_batch=train_batch, rounds=rounds,
                         paths=dict(depthwise="DepthwiseConv2d: oneDNN forward in the layout chosen per "
                                              "shape; weight gradient as a depthwise conv with dy as "
-                                             "kernel", grn="per-sample column sums", compile=False))
+                                             "kernel", grn="spatial sums by vecdot; training through its "
+                                             "hand-written autograd", compile=False))
     roof = measure_roof(rounds)
     result["roof"] = roof
     if "dwconv" in parts:
