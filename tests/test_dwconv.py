@@ -49,6 +49,25 @@ def test_forward_and_gradients_equal_conv2d(k, d, h, w, channels_last, layout, p
     assert rel(fast.bias.grad, ref.bias.grad) <= 1e-5
 
 
+@pytest.mark.parametrize("k,d,pad,h,w", [(5, 1, 0, 9, 8), (7, 1, 1, 10, 10), (3, 2, 5, 6, 7), (13, 1, 13, 5, 6),
+                                         (4, 1, 2, 8, 9), (6, 2, 3, 11, 10)])
+def test_other_paddings_and_even_kernels(k, d, pad, h, w):
+    """Valid, partial and wider-than-'same' padding, even kernels: the output size changes, the
+    weight gradient's conv must still produce exactly K x K."""
+    torch.manual_seed(k + pad)
+    fast = DepthwiseConv2d(5, k, padding=pad, dilation=d, bias=True)
+    ref = nn.Conv2d(5, 5, k, padding=pad, dilation=d, groups=5, bias=True)
+    ref.load_state_dict(fast.state_dict())
+    x1 = torch.randn(2, 5, h, w, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = fast(x1), ref(x2)
+    g = torch.randn_like(y2)
+    y1.backward(g)
+    y2.backward(g)
+    assert y1.shape == y2.shape and rel(y1, y2) <= 1e-6
+    assert rel(x1.grad, x2.grad) <= 1e-5 and rel(fast.weight.grad, ref.weight.grad) <= 1e-5
+
+
 def test_float64_gradcheck():
     conv = DepthwiseConv2d(2, 5, padding=4, dilation=2, bias=True).double()
     x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)

