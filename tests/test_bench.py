@@ -42,6 +42,32 @@ def test_reference_trains_the_same_parameters(trained_a):
         reference_forward(lk.create_model("unireplknet_a", features_only=True), x)
 
 
+def test_every_gradient_equals_the_reference_in_float64(trained_a):
+    """The whole training path (the depthwise autograd, the hand-written GRN, the branches and their
+    BNs) against the authors' op sequence with stock autograd: every parameter and the input, in
+    float64 so that only the algorithms, not rounding, could make them differ."""
+    model = lk.create_model("unireplknet_a", num_classes=10).double()
+    model.load_state_dict(trained_a.state_dict())
+    model.train()
+    ref = Reference(model)
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for net in (model, ref):
+        xi = x.clone().requires_grad_()
+        loss = net(xi).square().sum()
+        grads.append(torch.autograd.grad(loss, [xi, *params]))
+    assert any(type(m).__name__ == "GRN" for m in model.modules())
+    # some gradients are zero up to rounding: a per-channel constant before a batch-statistics BN
+    # (the branch BNs' biases before the block's BN, GRN's beta before the second Linear and its BN):
+    # measure every difference against the largest gradient, and each real one against itself
+    scale = max(float(g.norm()) for g in grads[1])
+    for i, (g, g_ref) in enumerate(zip(*grads)):
+        err = float((g - g_ref).norm())
+        assert err <= 1e-9 * max(float(g_ref.norm()), 1e-6 * scale), (i, err, float(g_ref.norm()))
+    assert sum(float(g.norm()) > 1e-6 * scale for g in grads[1]) > 0.75 * len(grads[1])
+
+
 def test_convnext_t_has_the_published_size():
     model = ConvNeXt()
     assert sum(p.numel() for p in model.parameters()) == 28_589_128
