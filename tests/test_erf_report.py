@@ -17,14 +17,7 @@ from largekernel.tools.erf import (DPI, PANEL_INCHES, THRESHOLDS, area_ratios, c
                                    parse_model_spec, plot_erf, rescale)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads competing with other
-    processes made these small passes 10-40x slower; the numbers do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def brute_force_ratios(a: np.ndarray, thresholds=THRESHOLDS) -> dict:

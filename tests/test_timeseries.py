@@ -37,12 +37,7 @@ def hourly_csv(path: Path, values: np.ndarray, start: str = "2024-01-01T00:00:00
                             [f"c{i}" for i in range(values.reshape(len(values), -1).shape[1])])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------- reading

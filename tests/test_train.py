@@ -79,13 +79,7 @@ def params_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """In-process training on one intra-op thread (2 cores shared with other work)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

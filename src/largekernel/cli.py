@@ -578,13 +578,17 @@ def cmd_audio_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# the data generators' seed option
+RANDOM_SEED = arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+
+
 # time series
 @command("make-series", help="write a multivariate hourly series CSV (daily + weekly seasons, trend, "
                              "coupling, noise), or the real GOOG daily prices with --goog", args=[
     arg("output", metavar="OUT.csv", help="CSV to write: a date column and one column per variable"),
     arg("--length", type=positive_int, default=2000, metavar="N", help="time steps (default 2000)"),
     arg("--variables", type=positive_int, default=3, metavar="V", help="variables (default 3)"),
-    arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)"),
+    RANDOM_SEED,
     arg("--goog", action="store_true", help="write matplotlib's bundled GOOG daily open/high/low/close "
         "(2004-08-19 .. 2008-10-14, 1047 trading days) instead"),
 ])
@@ -612,7 +616,7 @@ def cmd_make_series(args: argparse.Namespace) -> int:
         "OUT/shape_names.txt, OUT/shapes_train|test.txt, OUT/<class>/<id>.txt)"),
     arg("--per-class", type=positive_int, default=20, metavar="N",
         help="shapes per class, a quarter of them in the test split (default 20)"),
-    arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)"),
+    RANDOM_SEED,
     arg("--format", dest="fmt", choices=("off", "ply", "mixed", "txt"), default="off",
         help="off or ply meshes, mixed (off/ply/obj/stl in turn), or txt x,y,z,nx,ny,nz points "
              "(default off)"),
@@ -635,7 +639,7 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     arg("--per-class", type=positive_int, default=20, metavar="N", help="clips per class (default 20)"),
     arg("--frames", type=positive_int, default=16, metavar="F", help="frames per clip (default 16)"),
     arg("--size", type=positive_int, default=64, metavar="S", help="frame size, even (default 64)"),
-    arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)"),
+    RANDOM_SEED,
     arg("--task", choices=["motion", "shape"], default="motion",
         help="the class is the motion (down/grow/shrink/up; default) or the shape "
              "(cross/diamond/disc/square)"),
