@@ -30,14 +30,19 @@ def test_reference_forward_equals_model_in_both_forms(trained_a):
 
 
 def test_reference_trains_the_same_parameters(trained_a):
-    model = trained_a.train()
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    """The reference shares the model's parameters and gives the same float32 gradients. In eval mode
+    (fixed BN statistics) the gradient is a well-conditioned composition of ~30 layers: float32
+    rounding (eps 6e-8, sums of <= 10^4 terms) stays far below 1e-4 of the largest entry on any CPU.
+    Train mode's batch statistics of a tiny batch are ill-conditioned in float32, so the training
+    path's gradients are compared in float64 (next test)."""
+    model = trained_a.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     ref = Reference(model)
     assert list(ref.parameters()) == list(model.parameters())
-    g_ref = torch.autograd.grad(ref(x).square().sum(), model.stages[1][0].dwconv.lk_origin.weight)[0]
-    g = torch.autograd.grad(model(x).square().sum(), model.stages[1][0].dwconv.lk_origin.weight)[0]
-    # batch statistics of a batch of 2 at 4x4 are ill-conditioned: compare against the largest entry
-    assert (g - g_ref).abs().max() <= 1e-3 * g.abs().max() and g.abs().max() > 0
+    weight = model.stages[1][0].dwconv.lk_origin.weight
+    g_ref = torch.autograd.grad(ref(x).square().sum(), weight)[0]
+    g = torch.autograd.grad(model(x).square().sum(), weight)[0]
+    assert (g - g_ref).abs().max() <= 1e-4 * g.abs().max() and g.abs().max() > 0
     with pytest.raises(ValueError, match="features_only"):
         reference_forward(lk.create_model("unireplknet_a", features_only=True), x)
 

@@ -21,7 +21,7 @@ from largekernel.cli import main
 from largekernel.layers import simulate_trained_statistics
 from largekernel.tools import export as export_mod
 from largekernel.tools.export import ExportResult, export_model, format_export, run_artefact
-from test_checkpoint import fixture
+from goldens import GOLDEN_PARAMS, TINY, golden_param
 
 ATOL = 1e-4
 SIZE = 64
@@ -248,15 +248,21 @@ def test_cli_from_checkpoint_file(model_a, tmp_path, monkeypatch, capsys):
         assert (run_artefact(tmp_path / "mine.pt2", "torch-export", x)[0] - model_a(x)).abs().max() <= ATOL
 
 
-def test_cli_authors_checkpoint_reproduces_their_logits(tmp_path, capsys):
-    """The authors' train-form .pth -> ONNX -> onnxruntime matches the authors' own outputs."""
+@pytest.fixture(params=GOLDEN_PARAMS)
+def golden(request):
+    return golden_param(request)
+
+
+def test_cli_authors_checkpoint_reproduces_their_logits(tmp_path, capsys, golden):
+    """The authors' train-form .pth -> ONNX -> onnxruntime matches the authors' own outputs (the
+    tiny file's custom depths and widths are read off its weights)."""
     out = tmp_path / "official.onnx"
-    code = main(["export", str(fixture("unireplknet_a_train.pth")), "--model", "unireplknet_a",
+    code = main(["export", str(golden.file("train.pth")), "--model", "unireplknet_a",
                  "-o", str(out), "--input-size", str(SIZE), "--json"])
     assert code == 0
     r = json.loads(capsys.readouterr().out)
     assert r["ok"] is True and r["reparameterized"] is True and r["format"] == "onnx"
-    io = torch.load(fixture("unireplknet_a_io.pt"), weights_only=True)
+    io = golden.load("io.pt")
     (y,) = ort_run(out, io["input"])
     assert max_diff(y, io["logits"]) <= ATOL
     (y1,) = ort_run(out, io["input"][:1])  # batch 1 as well
@@ -284,11 +290,11 @@ def test_cli_parity_failure_exits_1_with_numbers(tmp_path, monkeypatch, capsys):
     (["unireplknet_a", "--batch", "1"], "batch must be >= 2"),
     (["unireplknet_zz"], "unknown model 'unireplknet_zz'"),
     (["missing.pth"], "does not exist"),
-    (["OFFICIAL"], "does not record its architecture; pass the model name"),
+    (["AUTHORS"], "does not record its architecture; pass the model name"),
 ])
 def test_cli_errors(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
-    argv = [str(fixture("unireplknet_a_train.pth")) if a == "OFFICIAL" else a for a in argv]
+    argv = [str(TINY.file("train.pth")) if a == "AUTHORS" else a for a in argv]
     assert main(["export", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .unireplknet import UniRepLKNet
+from .unireplknet import VARIANTS, UniRepLKNet, resolve_kernel_sizes
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +277,38 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
 
 
+DWCONV = re.compile(r"stages\.(\d+)\.(\d+)\.dwconv\.(?:lk_origin\.)?weight$")
+
+
+def read_layout(sd: dict[str, torch.Tensor]) -> dict:
+    """The architecture a state dict holds, read off its keys and shapes: `depths`, `dims` and
+    `kernel_sizes` of the stages present (a features_only file may stop before stage 3)."""
+    blocks: dict[int, dict[int, torch.Tensor]] = {}
+    for key, value in sd.items():
+        m = DWCONV.match(key)
+        if m:
+            blocks.setdefault(int(m.group(1)), {})[int(m.group(2))] = value
+    if not blocks:
+        raise CheckpointError("the state dict has no UniRepLKNet blocks (no stages.I.J.dwconv keys)")
+    layout = dict(depths=[], dims=[], kernel_sizes=[])
+    for i in sorted(blocks):
+        stage = blocks[i]
+        if sorted(stage) != list(range(len(stage))):
+            raise CheckpointError(f"stage {i} has blocks {sorted(stage)}: block indices must run 0..N-1")
+        layout["depths"].append(len(stage))
+        layout["dims"].append(int(stage[0].shape[0]))
+        layout["kernel_sizes"].append(tuple(int(stage[j].shape[-1]) for j in range(len(stage))))
+    if sorted(blocks) != list(range(len(blocks))):
+        raise CheckpointError(f"the state dict holds stages {sorted(blocks)}: stages must run 0..N-1")
+    return layout
+
+
 def model_from_checkpoint(path: str | Path, model_name: str | None = None, **kwargs) -> UniRepLKNet:
     """Build the model a checkpoint describes and load it.
 
     A file written by `save_checkpoint` records its architecture and constructor args. For the
-    authors' files give `model_name`; the class count, input channels, train/deploy form and
+    authors' files give `model_name`; the depths, widths and kernel sizes (so custom architectures
+    trained with the authors' code load too), class count, input channels, train/deploy form and
     dense-backbone layout are read off the weights. `kwargs` override (e.g. `deploy=True`).
     """
     from .registry import create_model  # registry imports this module
@@ -293,12 +320,20 @@ def model_from_checkpoint(path: str | Path, model_name: str | None = None, **kwa
                               "(e.g. model_name='unireplknet_t', CLI: --model unireplknet_t)")
     if "model_args" in meta:
         args = json.loads(meta["model_args"])
-        args.pop("depths", None), args.pop("dims", None)
         if "kernel_sizes" in args:
             args["kernel_sizes"] = [tuple(k) for k in args["kernel_sizes"]]
     else:
         sd = read_state_dict(path)
         args = dict(deploy=checkpoint_form(sd) == "deploy")
+        layout = read_layout(sd)
+        arch = name.partition(".")[0]
+        n = len(layout["depths"])
+        if n < 4 and arch in VARIANTS:  # a dense backbone cut after stage n-1: the rest is never built
+            depths, dims = VARIANTS[arch]
+            layout["depths"] += depths[n:]
+            layout["dims"] += dims[n:]
+            layout["kernel_sizes"] += resolve_kernel_sizes(depths, None)[n:]
+        args.update(layout)
         if "head.weight" in sd:
             args["num_classes"] = sd["head.weight"].shape[0]
         if FIRST_CONV in sd:

@@ -78,7 +78,7 @@ def _build_pretrained() -> dict[str, PretrainedCfg]:
 PRETRAINED: dict[str, PretrainedCfg] = _build_pretrained()
 
 MODEL_KWARGS = {
-    "num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate",
+    "depths", "dims", "num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate",
     "layer_scale_init_value", "head_init_scale", "kernel_sizes", "deploy", "features_only",
     "out_indices", "device", "dtype",
 }
@@ -130,7 +130,9 @@ def create_model(model_name: str, pretrained: bool = False, checkpoint_path: str
                  **kwargs) -> UniRepLKNet:
     """Build a UniRepLKNet variant by name (`unireplknet_t`, `unireplknet_s.in22k`, ...).
 
-    `pretrained=True` loads the tag's weights from the Hugging Face Hub (or its local cache, or
+    `depths`/`dims` (with `kernel_sizes` where the depths have no default layout) build a custom
+    architecture on the variant's pretrained cfg, e.g. a model trained with the authors' code at
+    other sizes. `pretrained=True` loads the tag's weights from the Hugging Face Hub (or its local cache, or
     `pretrained_cfg_overlay=dict(file=PATH)`); `checkpoint_path` loads a file after the build.
     kwargs set to None are ignored, so a CLI can pass unset options through.
     """
@@ -144,7 +146,7 @@ def create_model(model_name: str, pretrained: bool = False, checkpoint_path: str
         cfg = dataclasses.replace(cfg, **pretrained_cfg_overlay)
     kwargs.setdefault("num_classes", cfg.num_classes)
     depths, dims = VARIANTS[cfg.architecture]
-    model = UniRepLKNet(depths, dims, **kwargs)
+    model = UniRepLKNet(kwargs.pop("depths", depths), kwargs.pop("dims", dims), **kwargs)
     model.pretrained_cfg = model.default_cfg = cfg.to_dict()
     model.name = cfg.architecture
     if pretrained:
