@@ -1,7 +1,8 @@
 """Triton kernels for a stride-1 depthwise conv 2D (NCHW), forward and backward.
 
-The GPU counterpart of `dwconv.py`: `DepthwiseConv2d` routes CUDA tensors here when Triton is
-installed (`pip install "largekernel[gpu]"`) and `LARGEKERNEL_TRITON` is not "0". It is never
+The GPU counterpart of `dwconv.py`, opt-in: `DepthwiseConv2d` routes CUDA tensors here only when
+`LARGEKERNEL_TRITON=1` (or `dwconv.TRITON = True`) and Triton is installed (`pip install
+"largekernel[gpu]"`); by default CUDA tensors use cuDNN, until these kernels are timed on a GPU. It is never
 imported on the CPU path; with `TRITON_INTERPRET=1` the kernels also run on CPU tensors (slowly),
 which is how tests/test_triton_dw.py checks their numerics without a GPU.
 
