@@ -17,7 +17,7 @@ from . import __version__
 from .models.checkpoint import CheckpointError
 from .models.hub import PretrainedNotAvailable
 from .malloc import keep_freed_memory
-from .tools.table import format_table
+from .engine.table import format_table
 
 log = logging.getLogger("largekernel.cli")
 
@@ -26,7 +26,8 @@ USER_ERRORS = (ValueError, CheckpointError, FileNotFoundError, PretrainedNotAvai
                ImportError)  # ImportError: an optional extra is missing; the message names it
 
 Handler = Callable[[argparse.Namespace], int]
-_COMMANDS: list[tuple[str, str, list[tuple[tuple, dict]], Handler]] = []
+Groups = Callable[[], list[tuple[str, list[tuple[tuple, dict]]]]]
+_COMMANDS: list[tuple[str, str, list[tuple[tuple, dict]], Groups | None, Handler]] = []
 
 
 def arg(*names: str, **kwargs: Any) -> tuple[tuple, dict]:
@@ -34,10 +35,12 @@ def arg(*names: str, **kwargs: Any) -> tuple[tuple, dict]:
     return names, kwargs
 
 
-def command(name: str, help: str, args: Sequence[tuple[tuple, dict]] = ()) -> Callable[[Handler], Handler]:
-    """Register the decorated function as subcommand `name` with the given arguments."""
+def command(name: str, help: str, args: Sequence[tuple[tuple, dict]] = (),
+            groups: Groups | None = None) -> Callable[[Handler], Handler]:
+    """Register the decorated function as subcommand `name` with the given arguments, plus the
+    argument groups `groups()` returns when the parser is built (titled lists of arguments)."""
     def register(fn: Handler) -> Handler:
-        _COMMANDS.append((name, help, list(args), fn))
+        _COMMANDS.append((name, help, list(args), groups, fn))
         return fn
     return register
 
@@ -288,10 +291,8 @@ def cmd_erf(args: argparse.Namespace) -> int:
 
 
 def _train_args() -> list[tuple[tuple, dict]]:
-    """--preset/--config/--set plus one flag per TrainConfig field (values parsed like YAML)."""
-    from .engine.config import TrainConfig
-
-    args = [
+    """--preset/--config/--set/--resume; the options themselves come in groups (`_train_groups`)."""
+    return [
         arg("--preset", default=None, help="a named recipe (see `largekernel train --list-presets`)"),
         arg("--list-presets", action="store_true", help="list the presets and exit"),
         arg("--config", default=None, metavar="YAML", help="a YAML file of option: value"),
@@ -303,19 +304,35 @@ def _train_args() -> list[tuple[tuple, dict]]:
         arg("--no-resume", dest="resume", action="store_false",
             help="start from scratch (refuses a run directory that already has checkpoints)"),
     ]
-    for f in dataclasses.fields(TrainConfig):
-        names = ("--data", "--train") if f.name == "train" else (f"--{f.name.replace('_', '-')}",)
-        if f.type == "bool":
-            args.append(arg(*names, dest=f"cfg_{f.name}", default=None,
-                            action=argparse.BooleanOptionalAction, help=f"(default: {f.default})"))
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else "{}"
-            args.append(arg(*names, dest=f"cfg_{f.name}", default=None, metavar="V",
-                            help=f"(default: {default})"))
-    return args
 
 
-@command("train", help="train (or fine-tune) a model; resumable, checkpointed, logged", args=_train_args())
+def _option_flag(f: dataclasses.Field) -> tuple[tuple, dict]:
+    """One --flag for a config field, with its help sentence and default (values parsed like YAML)."""
+    names = ("--data", "--train") if f.name == "train" else (f"--{f.name.replace('_', '-')}",)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    text = f"{f.metadata['help']} (default: {json.dumps(default) if default is not None else 'none'})"
+    if f.type == "bool":
+        return arg(*names, dest=f"cfg_{f.name}", default=None, action=argparse.BooleanOptionalAction,
+                   help=text)
+    return arg(*names, dest=f"cfg_{f.name}", default=None, metavar="V", help=text)
+
+
+def _train_groups() -> list[tuple[str, list[tuple[tuple, dict]]]]:
+    """The engine's options, then one group per registered plug-in with the options it declares."""
+    from .engine.config import TrainConfig
+    from .engine.plugin import all_plugins
+
+    groups = [("engine options", [_option_flag(f) for f in dataclasses.fields(TrainConfig)
+                                  if f.name != "options"])]
+    for name, cls in sorted(all_plugins().items()):
+        if cls.options is not None:
+            groups.append((f"{name} options (--modality {name})",
+                           [_option_flag(f) for f in dataclasses.fields(cls.options)]))
+    return groups
+
+
+@command("train", help="train (or fine-tune) a model; resumable, checkpointed, logged", args=_train_args(),
+         groups=_train_groups)
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model on a folder (one subfolder per class) or a CSV of path,label.
 
@@ -674,12 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _verbosity_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, help_text, arguments, fn in _COMMANDS:
+    for name, help_text, arguments, groups, fn in _COMMANDS:
         p = sub.add_parser(name, help=help_text, description=(fn.__doc__ or help_text).strip())
         # SUPPRESS: -v/-q given before the subcommand are not overwritten by the subparser
         _verbosity_flags(p, default=argparse.SUPPRESS)
         for names, kwargs in arguments:
             p.add_argument(*names, **kwargs)
+        for title, group_args in groups() if groups else ():
+            group = p.add_argument_group(title)
+            for names, kwargs in group_args:
+                if not any(n in p._option_string_actions for n in names):  # shared by two plug-ins
+                    group.add_argument(*names, **kwargs)
         p.set_defaults(func=fn)
     return parser
 

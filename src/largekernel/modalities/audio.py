@@ -15,14 +15,17 @@ from __future__ import annotations
 import math
 import struct
 from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..engine.config import TrainConfig
-from .base import DataBundle, Modality, Skipped, register_modality
+from ..engine.config import TrainConfig, option
+from ..engine.data import DataBundle, Skipped
+from ..engine.classification import Classification
+from ..engine.plugin import register_plugin
 from . import image
 from .image import one_thread, stratified_split
 
@@ -398,11 +401,28 @@ def feature_stats(cfg: TrainConfig, max_files: int | None = None) -> dict:
                 files=len(samples) - len(skipped), skipped=skipped)
 
 
-@register_modality
-class AudioModality(Modality):
+@dataclass
+class AudioOptions:
+    """The audio plug-in's options: waveform rate, log-mel features, SpecAugment and noise."""
+
+    sample_rate: int = option(16000, "clips are mixed to mono and resampled to this rate (Hz)")
+    mel_bins: int = option(128, "Kaldi log-mel filterbank bins: the input's width")
+    target_frames: int = option(128, "10 ms frames after padding or cropping: the input's height")
+    audio_mean: float = option(-6.845978, "log-mel normalisation (x - mean) / (2 std): the mean (see `largekernel audio-stats`)")
+    audio_std: float = option(5.5654526, "log-mel normalisation: the std (see `largekernel audio-stats`)")
+    freq_mask: int = option(48, "SpecAugment: widest frequency mask in bins (0: none)")
+    time_mask: int = option(48, "SpecAugment: widest time mask in frames (0: none)")
+    time_roll: int = option(10, "random circular shift of the features by up to +-N frames")
+    noise_prob: float = option(0.5, "chance of mixing in background noise (_background_noise_, else white)")
+    noise_snr: tuple[float, float] = option((10.0, 30.0), "the mixed-in noise's signal-to-noise ratio range in dB, as low,high")
+
+
+@register_plugin
+class AudioModality(Classification):
     """Audio clips: Speech Commands / class-per-folder / CSV datasets, Kaldi log-mel features."""
 
     name = "audio"
+    options = AudioOptions
     extensions = EXTENSIONS
 
     def datasets(self, cfg: TrainConfig, train: bool = True) -> DataBundle:

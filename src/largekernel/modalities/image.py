@@ -18,7 +18,9 @@ from torch.utils.data import Dataset
 
 from ..engine.config import TrainConfig
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
-from .base import DataBundle, Modality, Skipped, register_modality
+from ..engine.data import DataBundle, Skipped
+from ..engine.classification import Classification
+from ..engine.plugin import register_plugin
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CSV_HEADER_NAMES = {"path", "file", "filename", "filepath", "image", "img", "video", "clip", "audio"}
@@ -318,8 +320,8 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     return train, val
 
 
-@register_modality
-class ImageModality(Modality):
+@register_plugin
+class ImageModality(Classification):
     """Images: ImageFolder or CSV datasets, RGB/grayscale decoding, timm-style augmentation."""
 
     name = "image"

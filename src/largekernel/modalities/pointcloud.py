@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.config import TrainConfig
+from ..engine.config import TrainConfig, option
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
-from .base import DataBundle, Modality, Skipped, register_modality
+from ..engine.data import DataBundle, Skipped
+from ..engine.classification import Classification
+from ..engine.plugin import register_plugin
 from .image import one_thread, read_csv, stratified_split
 
 
@@ -533,11 +536,26 @@ def load_split(path: str | Path, split: str, classes: list[str] | None,
 
 # ----------------------------------------------------------------------------- modality
 
-@register_modality
-class PointCloudModality(Modality):
+@dataclass
+class PointCloudOptions:
+    """The point-cloud plug-in's options: sampling, views, neighbours, copies, rotation."""
+
+    num_points: int = option(1024, "points per cloud after farthest-point sampling (the paper: 4096)")
+    mesh_points: int = option(10000, "points sampled uniformly on a mesh's surface before farthest-point sampling")
+    views: int = option(4, "rendered views per cloud (authors' code 4, paper 3); the grid side is input_size")
+    knn: int = option(32, "neighbours of the DGCNN edge features")
+    view_fusion: bool = option(False, "add a residual 1x1 conv across the views' decoder features")
+    test_copies: int = option(8, "rotated copies (about the up axis) averaged by validation, eval and predict")
+    point_rotation: str = option("up", "training rotation: up (about up_axis), so3 (any) or none")
+    up_axis: str = option("z", "the shapes' up axis: z (ModelNet40 meshes), y (resampled .txt) or x")
+
+
+@register_plugin
+class PointCloudModality(Classification):
     """Point clouds and meshes: ModelNet40 layouts, V-view rendering front end, rotated test copies."""
 
     name = "pointcloud"
+    options = PointCloudOptions
     extensions = EXTENSIONS
     eval_copies = True
 

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..engine.config import TrainConfig
-from .base import DataBundle, Modality, collate, register_modality
+from ..engine.config import TrainConfig, option
+from ..engine.data import DataBundle, collate
+from ..engine.plugin import Plugin, register_plugin
 
 log = logging.getLogger(__name__)
 
@@ -414,11 +415,27 @@ def plot_forecast(path: Path, history_t, history: np.ndarray, future_t, forecast
 
 # ----------------------------------------------------------------------------- modality
 
-@register_modality
-class TimeSeriesModality(Modality):
+@dataclass
+class ForecastOptions:
+    """The forecasting plug-in's options: windows, columns, split and embedding."""
+
+    lookback: int = option(96, "input steps L per window")
+    horizon: int = option(24, "forecast steps H")
+    time_column: str | None = option(None, "the timestamp column (default: the first named date/time/timestamp/datetime)")
+    targets: list[str] | None = option(None, "variable columns to forecast (default: every other column)")
+    split_fractions: tuple[float, float, float] = option((0.7, 0.1, 0.2), "chronological train/val/test fractions, as a,b,c")
+    missing: str = option("error", "missing values: error, or interpolate (linear in time)")
+    embed_dim: int = option(64, "embedding width D' per step; the L x D' embedding is zero-padded to a square map")
+    window_stride: int = option(1, "step between training windows")
+    season: int | None = option(None, "seasonal-naive period (default: from the timestamps, 24 hourly, 7 daily)")
+
+
+@register_plugin
+class TimeSeriesModality(Plugin):
     """Multivariate forecasting: CSV/NPY series, RevIN + embedding map + UniRepLKNet, MSE/MAE."""
 
     name = "timeseries"
+    options = ForecastOptions
     extensions = EXTENSIONS
     metric = "mse"
     higher_is_better = False
@@ -538,7 +555,7 @@ class TimeSeriesModality(Modality):
         return metrics
 
     def report(self, metrics: dict, classes: list[str], out: Path) -> str:
-        from ..tools.table import format_table
+        from ..engine.table import format_table
 
         rows = [["UniRepLKNet", f"{metrics['mse']:.4f}", f"{metrics['mae']:.4f}"]]
         names = {"linear": "linear (DLinear-style)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..engine.config import TrainConfig
-from .base import DataBundle, Modality, Skipped, register_modality
+from ..engine.config import TrainConfig, option
+from ..engine.data import DataBundle, Skipped
+from ..engine.classification import Classification
+from ..engine.plugin import register_plugin
 from . import image
 from .image import one_thread, resolve_mean_std, stratified_split
 
@@ -301,11 +304,27 @@ def load_samples(path: str | Path, classes: list[str] | None,
     return image.load_samples(path, classes, source, EXTENSIONS, "videos", "<clip>.mp4")
 
 
-@register_modality
-class VideoModality(Modality):
+@dataclass
+class VideoOptions:
+    """The video plug-in's options: frame sampling, layout and test views."""
+
+    frames: int = option(16, "frames per clip T; a perfect square (4, 9, 16, 25) for the one-image layouts")
+    frame_stride: int = option(4, "step between sampled frames with sampling dense")
+    sampling: str = option("dense", "dense (T frames at frame_stride) or uniform (T frames spread over the clip)")
+    short_clip: str = option("loop", "a clip with too few frames: loop it, or pad with its last frame (warned per file)")
+    layout: str = option("mosaic", "frames -> one image: mosaic (sqrt(T) x sqrt(T) grid) or reshape (the authors')")
+    val_clips: int = option(1, "temporal clips averaged by validation during training")
+    val_crops: int = option(1, "spatial crops per clip averaged by validation during training")
+    test_clips: int = option(5, "temporal clips averaged by eval and predict (the authors: 5)")
+    test_crops: int = option(3, "spatial crops per clip averaged by eval and predict (the authors: 3)")
+
+
+@register_plugin
+class VideoModality(Classification):
     """Video clips: class-per-folder or CSV datasets, PyAV decoding, clips laid out as one image."""
 
     name = "video"
+    options = VideoOptions
     extensions = EXTENSIONS
     eval_copies = True
 
