@@ -100,3 +100,40 @@ def test_legacy_checkpoint_loads_evaluates_and_predicts(name, data, tmp_path):
         assert close(value, got["eval"].get(key)), (key, value, got["eval"].get(key))
     assert set(got["eval"]) == set(expected["eval"])
     assert close(expected["predict"], got["predict"]), (expected["predict"], got["predict"])
+
+
+# ---------------------------------------------------------------------------- export through the plug-in
+
+EXPORT_INPUT = {"image": [2, 1, 32, 32], "audio": [2, 1, 32, 40], "video": [2, 3, 64, 64],
+                "timeseries": [2, 24, 6], "pointcloud": [2, 32, 3]}
+
+
+@pytest.mark.parametrize("name", [pytest.param("image", marks=pytest.mark.slow), "audio", "video",
+                                  "timeseries", "pointcloud"])
+def test_export_runs_the_plugins_model_at_its_input_with_onnxruntime_parity(name, tmp_path):
+    """The whole model (front end and head included) at the input it was trained on (audio: 32
+    frames x 40 mel bins; video: a 2 x 2 mosaic of 32-px frames; time series: 24 steps x (2 + 4);
+    point clouds: 32 points), folded, run by onnxruntime at batch 3 within 1e-4 of PyTorch (fp32);
+    the input contract is in the file's metadata."""
+    import onnx
+
+    out = tmp_path / f"{name}.onnx"
+    code, text, err = run_cli(["export", FIXTURES / f"{name}.safetensors", "-o", out, "--json"])
+    assert code == 0, err
+    result = json.loads(text)
+    assert result["ok"] and result["reparameterized"] and result["input_shape"] == EXPORT_INPUT[name]
+    assert result["verify_shape"] == [3, *EXPORT_INPUT[name][1:]]
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["largekernel.modality"] == name
+    assert props["largekernel.input"] == result["input_contract"]["input"]
+    assert props["largekernel.preprocessing"] == result["input_contract"]["preprocessing"]
+
+
+def test_info_report_measures_the_backbone_inside_a_plugins_model(tmp_path):
+    code, text, err = run_cli(["info", FIXTURES / "timeseries.safetensors", "--report", tmp_path / "r.md",
+                               "--input-size", "64", "--json"])
+    assert code == 0, err
+    report = json.loads(text)[0]
+    assert report["weights"].endswith("(the backbone of its timeseries model)")
+    assert report["architecture"]["depths"] == [1, 1, 1, 1] and report["architecture"]["in_chans"] == 1
+    assert report["reparam"]["max_rel_err"] < 1e-5  # the reparam CLI's float32 tolerance

@@ -66,16 +66,38 @@ def test_toy_plugin_trains_evaluates_predicts_and_reparameterizes(toy_installed,
     metrics = json.loads(out)
     assert metrics["n"] == 5 and metrics["classes"] == ["neg", "pos"]
     assert sum(map(sum, metrics["confusion"])) == 5
-    x = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
-    torch.save(x, tmp_path / "one.toy")
-    code, out, err = run_cli(["predict", tmp_path / "one.toy", "--checkpoint", run / "last.safetensors",
-                              "--json"])
+    code, out, err = run_cli(["make-data", "toy", tmp_path / "files", "--count", "1"])
+    assert code == 0 and out == f"wrote 1 toy files to {tmp_path / 'files'}\n", err
+    code, out, err = run_cli(["predict", tmp_path / "files" / "0.toy", "--checkpoint",
+                              run / "last.safetensors", "--json"])
     assert code == 0, err
     top = json.loads(out)[0]["top"]
     assert [t["label"] for t in top] in (["neg", "pos"], ["pos", "neg"])
     assert abs(sum(t["prob"] for t in top) - 1) < 1e-6
     code, out, err = run_cli(["reparam", run / "last.safetensors", "-o", tmp_path / "d.safetensors"])
     assert code == 0 and "(OK, tolerance 1e-5)" in out, err + out
+    code, out, err = run_cli(["export", run / "last.safetensors", "-o", tmp_path / "toy.onnx", "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["ok"] and result["input_shape"] == [2, 2, 32, 32] and result["output_shapes"] == [[2, 2]]
+    assert result["input_contract"]["modality"] == "toy"
+
+
+def test_make_data_dispatches_to_the_plugins_generators_and_keeps_the_old_names(toy_installed, tmp_path):
+    from largekernel.cli import build_parser
+
+    plugin_mod.discover_plugins()
+    code, new, _ = run_cli(["make-data", "series", tmp_path / "a.csv", "--length", "60", "--variables", "2"])
+    code2, old, _ = run_cli(["make-series", tmp_path / "b.csv", "--length", "60", "--variables", "2"])
+    assert code == code2 == 0 and new.replace("a.csv", "b.csv") == old
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    code, out, _ = run_cli(["make-toy", tmp_path / "t", "--count", "2"])
+    assert code == 0 and sorted(p.name for p in (tmp_path / "t").iterdir()) == ["0.toy", "1.toy"]
+    help_text = " ".join(build_parser().format_help().split())
+    assert "make-data write a dataset a plug-in can generate (KIND: clips, digits, series, shapes, speech, toy)" in help_text
+    cli_source = (SRC / "cli.py").read_text()
+    assert not any(name in cli_source for name in ("modalities", "speech_data", "series_data", "shapes_data",
+                                                    "clips_data", "mel_bins"))
 
 
 def _imports(path: Path) -> list[str]:

@@ -3,11 +3,13 @@ the sign of their mean, classified by the plain backbone."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
 
 from largekernel.engine.classification import Classification
+from largekernel.engine.commands import Command, arg
 from largekernel.engine.config import option
 from largekernel.engine.plugin import DataBundle, register_plugin
 
@@ -19,6 +21,16 @@ class ToyOptions:
     toy_samples: int = option(16, "random tensors in all; the last quarter is the validation set")
 
 
+def write_toy_files(args) -> int:
+    """`largekernel make-data toy OUT --count N`: N random 2 x 32 x 32 tensors as OUT/<i>.toy."""
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(args.count):
+        torch.save(torch.randn(2, 32, 32), out / f"{i}.toy")
+    print(f"wrote {args.count} toy files to {out}")
+    return 0
+
+
 @register_plugin
 class Toy(Classification):
     """Two classes ("neg", "pos") of random C x S x S tensors; `.pt` files for `predict`."""
@@ -26,6 +38,8 @@ class Toy(Classification):
     name = "toy"
     extensions = (".toy",)
     options = ToyOptions
+    data_generators = (Command("toy", "write random .toy tensor files", write_toy_files,
+                               [arg("output", metavar="OUT"), arg("--count", type=int, default=2)]),)
 
     def datasets(self, cfg, train: bool = True) -> DataBundle:
         g = torch.Generator().manual_seed(cfg.seed)

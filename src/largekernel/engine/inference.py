@@ -57,6 +57,13 @@ def load_trained(path: str | Path, model_name: str | None = None, ema: bool = Fa
     return Trained(model, cfg, None, None)
 
 
+def records_training(path: str | Path) -> bool:
+    """Whether `path` was written by `largekernel train` (a step checkpoint, or weights whose
+    metadata holds the training config): `load_trained` then rebuilds the plug-in's model."""
+    path = Path(path)
+    return bool(STEP_CKPT.search(path.name)) or "train_config" in read_metadata(path)
+
+
 def _no_download(cfg: TrainConfig) -> TrainConfig:
     """The config with `pretrained` off: weights come from the checkpoint, not the Hub."""
     return resolve_config(overrides=dict(cfg.to_dict(), pretrained=False, init_checkpoint=None))

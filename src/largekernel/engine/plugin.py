@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..models.registry import create_model
+from .commands import Command
 from .data import DataBundle, Skipped, collate  # noqa: F401  (re-exported for plug-in authors)
 from .evaluate import run_evaluation
 
@@ -52,6 +53,8 @@ class Plugin:
     metric: str = "loss"  # the validation metric that selects best.safetensors
     higher_is_better: bool = False
     eval_copies: bool = False  # evaluation samples are stacks of V test-time copies (V x input)
+    data_generators: tuple[Command, ...] = ()  # `largekernel make-data NAME` (alias `make-NAME`)
+    commands: tuple[Command, ...] = ()  # extra subcommands, e.g. audio's `audio-stats`
 
     # ---- data ----------------------------------------------------------------------------------
     def datasets(self, cfg: TrainConfig, train: bool = True) -> DataBundle:
