@@ -159,3 +159,16 @@ def test_flat_keys_reach_the_plugin_options_and_foreign_keys_are_dropped():
     with pytest.raises(ValueError, match=r"unknown config option\(s\) \['mel_binz'\]"):
         resolve_config(overrides=dict(modality="audio", mel_binz=3))
     assert resolve_config(overrides=cfg.to_dict()) == cfg
+
+
+def test_the_models_package_imports_point_down():
+    """weights.py (the pretrained table) is a leaf; hub and checkpoint sit below the registry."""
+    models = SRC / "models"
+    ours = {p.stem: [n for n in _imports(p) if n.startswith("largekernel.")] for p in models.glob("*.py")}
+    assert ours["weights"] == []
+    assert ours["hub"] == ["largekernel.models.weights"]
+    assert sorted(ours["registry"]) == ["largekernel.models.checkpoint", "largekernel.models.hub",
+                                        "largekernel.models.unireplknet", "largekernel.models.weights"]
+    top_level = [n for node in ast.parse((models / "checkpoint.py").read_text()).body
+                 if isinstance(node, ast.ImportFrom) and node.level for n in [node.module]]
+    assert "registry" not in top_level and "hub" not in top_level

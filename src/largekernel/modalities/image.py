@@ -20,7 +20,7 @@ from ..engine.config import TrainConfig
 from ..engine.data import DataBundle, Skipped
 from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.plugin import register_plugin
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 from . import files
 from .files import Sample, file_datasets, folder_or_csv, one_thread
 

@@ -31,7 +31,7 @@ from ..engine.config import TrainConfig, option
 from ..engine.data import DataBundle, Skipped
 from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.plugin import register_plugin
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 from .files import Sample, check_classes, file_datasets, one_thread, read_csv
 
 

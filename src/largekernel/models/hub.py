@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .registry import PretrainedCfg
+from .weights import PretrainedCfg
 
 log = logging.getLogger(__name__)
 
