@@ -311,6 +311,12 @@ def _option_flag(f: dataclasses.Field) -> tuple[tuple, dict]:
     return arg(*names, dest=f"cfg_{f.name}", default=None, metavar="V", help=text)
 
 
+def _plugin_groups(attribute: str, title: str) -> list[tuple[str, list[tuple[tuple, dict]]]]:
+    """One argument group per registered plug-in that declares arguments under `attribute`."""
+    return [(f"{name} {title} (--modality {name})", list(getattr(cls, attribute)))
+            for name, cls in sorted(all_plugins().items()) if getattr(cls, attribute)]
+
+
 def _train_groups() -> list[tuple[str, list[tuple[tuple, dict]]]]:
     """The engine's options, then one group per registered plug-in with the options it declares."""
     from .engine.config import TrainConfig
@@ -409,24 +415,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("predict", help="predict files: top-k classes (images, audio, video, point clouds) or a forecast "
-                         "(time series); the modality comes from the checkpoint", args=[
+@command("predict", help="predict files: top-k classes, or the files a plug-in writes (e.g. forecasts); "
+                         "the plug-in comes from the checkpoint", args=[
     arg("paths", nargs="+", metavar="PATH"),
     arg("--checkpoint", default=None, metavar="CKPT", help="a run's best/last.safetensors or step*.pt"),
     arg("--model", default=None, metavar="NAME",
         help="without --checkpoint: a pretrained model (e.g. unireplknet_a.in1k, from the Hub cache); "
              "with an authors' .pth checkpoint: its architecture"),
-    arg("--topk", type=positive_int, default=5, metavar="K"),
-    arg("--horizon", type=positive_int, default=None, metavar="H",
-        help="time series: steps to forecast (default: the trained horizon)"),
-    arg("--backtest", action="store_true",
-        help="time series: forecast the last H known steps instead of the future, and plot and score "
-             "them against the truth"),
+    arg("--topk", type=positive_int, default=5, metavar="K", help="classes listed per file (default: 5)"),
     arg("--output", default=None, metavar="DIR",
-        help="where plug-ins that write files (time-series forecasts) put them (default: next to "
-             "each input)"),
-    arg("--json", action="store_true"),
-])
+        help="where plug-ins that write files (e.g. forecasts) put them (default: next to each input)"),
+    arg("--json", action="store_true", help="print the results as JSON"),
+], groups=lambda: _plugin_groups("predict_arguments", "predict options"))
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict each file; unreadable files are reported by name (exit 1 if none could be read)."""
     from .engine.inference import Trained, load_trained, predict_files
@@ -442,7 +442,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, None, None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
-    options = dict(horizon=args.horizon, output=args.output, backtest=args.backtest)
+    own = {"command", "func", "verbose", "quiet", "paths", "checkpoint", "model", "topk", "json"}
+    options = {k: v for k, v in vars(args).items() if k not in own}  # --output, plug-ins' options
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)
     else:

@@ -55,6 +55,7 @@ class Plugin:
     eval_copies: bool = False  # evaluation samples are stacks of V test-time copies (V x input)
     data_generators: tuple[Command, ...] = ()  # `largekernel make-data NAME` (alias `make-NAME`)
     commands: tuple[Command, ...] = ()  # extra subcommands, e.g. audio's `audio-stats`
+    predict_arguments: tuple[tuple[tuple, dict], ...] = ()  # `predict` flags, handed on in `options`
 
     # ---- data ----------------------------------------------------------------------------------
     def datasets(self, cfg: TrainConfig, train: bool = True) -> DataBundle:

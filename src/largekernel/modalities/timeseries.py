@@ -495,6 +495,13 @@ class TimeSeriesModality(Plugin):
     name = "timeseries"
     options = ForecastOptions
     data_generators = (SERIES,)
+    predict_arguments = (
+        arg("--horizon", type=positive_int, default=None, metavar="H",
+            help="time series: steps to forecast (default: the trained horizon)"),
+        arg("--backtest", action="store_true",
+            help="time series: forecast the last H known steps instead of the future, and plot and "
+                 "score them against the truth"),
+    )
     extensions = EXTENSIONS
     metric = "mse"
     higher_is_better = False
