@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..engine.classification import Classification
+from ..engine.commands import Command, arg, positive_int
 from ..engine.config import TrainConfig, option
 from ..engine.data import DataBundle, Skipped
-from ..engine.commands import Command, arg, positive_int
 from ..engine.plugin import register_plugin
 from . import files
 from .files import Sample, file_datasets, one_thread, split_samples

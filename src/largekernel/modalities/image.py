@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ..engine.classification import Classification
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.config import TrainConfig
 from ..engine.data import DataBundle, Skipped
-from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.plugin import register_plugin
+from ..models import registry
 from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 from . import files
 from .files import Sample, file_datasets, folder_or_csv, one_thread
@@ -59,10 +60,8 @@ def read_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
 
 def resolve_mean_std(cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """cfg.mean/std, else the model's pretrained cfg, else ImageNet; averaged to one channel if in_chans == 1."""
-    from ..models.registry import get_pretrained_cfg
-
     try:
-        pcfg = get_pretrained_cfg(cfg.model)
+        pcfg = registry.get_pretrained_cfg(cfg.model)
         mean, std = tuple(pcfg.mean), tuple(pcfg.std)
     except ValueError:  # not a registry model: ImageNet statistics
         mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -27,10 +27,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..engine.classification import Classification
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.config import TrainConfig, option
 from ..engine.data import DataBundle, Skipped
-from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.plugin import register_plugin
+from ..models.registry import create_model
 from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 from .files import Sample, check_classes, file_datasets, one_thread, read_csv
 
@@ -606,8 +607,6 @@ class PointCloudModality(Classification):
                              "path,label", "a folder or CSV")
 
     def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module:
-        from ..models.registry import create_model
-
         _check_config(cfg)
         backbone = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=0, in_chans=3,
                                 drop_path_rate=cfg.drop_path, **cfg.model_kwargs)

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.config import TrainConfig, option
 from ..engine.data import DataBundle
 from ..engine.metrics import regression_errors
-from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.plugin import Plugin, register_plugin
+from ..models.registry import create_model
 
 log = logging.getLogger(__name__)
 
@@ -582,8 +583,6 @@ class TimeSeriesModality(Plugin):
                          "not classified")
 
     def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module:
-        from ..models.registry import create_model
-
         self._check(cfg)
         backbone = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=0, in_chans=1,
                                 drop_path_rate=cfg.drop_path, **cfg.model_kwargs)

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..engine.classification import Classification
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.config import TrainConfig, option
 from ..engine.data import DataBundle, Skipped
-from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.plugin import register_plugin
 from .files import Sample, file_datasets, folder_or_csv, one_thread
 from .image import resolve_mean_std
