@@ -25,7 +25,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import largekernel
-from largekernel.modalities.image import load_samples, stratified_split
+from largekernel.modalities.files import stratified_split
+from largekernel.modalities.image import load_samples
 from clitools import run_cli, sub_env
 
 CLASSES = ["diag", "horiz", "vert"]

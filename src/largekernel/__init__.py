@@ -4,9 +4,11 @@ from .layers import reparameterize
 from .models.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
                                 save_checkpoint)
 from .models.hub import PretrainedNotAvailable
-from .models.registry import PretrainedCfg, create_model, get_pretrained_cfg, list_models
+from .models.registry import create_model, get_pretrained_cfg, list_models
 from .models.unireplknet import UniRepLKNet, UniRepLKNetBlock
+from .models.weights import PretrainedCfg
 from .transforms import create_transform, data_config
+from . import modalities  # noqa: E402,F401  (registers the built-in plug-ins)
 
 __version__ = "0.1.0"
 

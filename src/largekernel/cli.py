@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from .engine.commands import Command, arg, non_negative_int, positive_int
+from .engine.plugin import all_plugins
+from .engine.table import format_table
+from .malloc import keep_freed_memory
 from .models.checkpoint import CheckpointError
 from .models.hub import PretrainedNotAvailable
-from .malloc import keep_freed_memory
-from .tools.table import format_table
 
 log = logging.getLogger("largekernel.cli")
 
@@ -26,36 +28,18 @@ USER_ERRORS = (ValueError, CheckpointError, FileNotFoundError, PretrainedNotAvai
                ImportError)  # ImportError: an optional extra is missing; the message names it
 
 Handler = Callable[[argparse.Namespace], int]
-_COMMANDS: list[tuple[str, str, list[tuple[tuple, dict]], Handler]] = []
+Groups = Callable[[], list[tuple[str, list[tuple[tuple, dict]]]]]
+_COMMANDS: list[tuple[str, str, list[tuple[tuple, dict]], Groups | None, Handler]] = []
 
 
-def arg(*names: str, **kwargs: Any) -> tuple[tuple, dict]:
-    """One `add_argument` call, recorded for `@command`."""
-    return names, kwargs
-
-
-def command(name: str, help: str, args: Sequence[tuple[tuple, dict]] = ()) -> Callable[[Handler], Handler]:
-    """Register the decorated function as subcommand `name` with the given arguments."""
+def command(name: str, help: str, args: Sequence[tuple[tuple, dict]] = (),
+            groups: Groups | None = None) -> Callable[[Handler], Handler]:
+    """Register the decorated function as subcommand `name` with the given arguments, plus the
+    argument groups `groups()` returns when the parser is built (titled lists of arguments)."""
     def register(fn: Handler) -> Handler:
-        _COMMANDS.append((name, help, list(args), fn))
+        _COMMANDS.append((name, help, list(args), groups, fn))
         return fn
     return register
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 # ---- subcommands ---------------------------------------------------------------------------------
@@ -155,6 +139,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     compare with PyTorch. Exit code 1 when a difference exceeds --atol."""
     from pathlib import Path
 
+    from .engine.inference import load_trained, records_training
     from .models.checkpoint import model_from_checkpoint
     from .models.registry import create_model
     from .tools.export import FORMATS, check_batch, check_path, export_model, format_export
@@ -182,13 +167,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         stem = args.source
     out = check_path(args.output if args.output is not None else Path.cwd() / (stem + FORMATS[fmt]), fmt)
     check_batch(args.batch)
-    if source.is_file():
+    example = contract = None
+    if source.is_file() and records_training(source) and args.model is None and \
+            not any(v is not None for v in opts.values()):
+        # a model written by `train`: the plug-in's whole model, at the input it was trained on
+        trained = load_trained(source)
+        cfg = dataclasses.replace(trained.cfg, input_size=args.input_size or trained.cfg.input_size)
+        model = trained.model
+
+        def example(n: int, generator):
+            return trained.modality.example_input(cfg, n, generator)
+        contract = dict(modality=cfg.modality, **trained.modality.input_contract(cfg))
+    elif source.is_file():
         model = model_from_checkpoint(source, args.model, **opts)
     else:
         model = create_model(args.source, **opts)
         log.info("%s: random initialisation (no weights loaded)", args.source)
     result = export_model(model, out, fmt, input_size=args.input_size, batch=args.batch,
-                          verify=not args.no_verify, atol=args.atol)
+                          verify=not args.no_verify, atol=args.atol, example=example,
+                          contract=contract)
     sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n" if args.json
                      else format_export(result) + "\n")
     return 1 if result.ok is False else 0
@@ -288,10 +285,8 @@ def cmd_erf(args: argparse.Namespace) -> int:
 
 
 def _train_args() -> list[tuple[tuple, dict]]:
-    """--preset/--config/--set plus one flag per TrainConfig field (values parsed like YAML)."""
-    from .engine.config import TrainConfig
-
-    args = [
+    """--preset/--config/--set/--resume; the options themselves come in groups (`_train_groups`)."""
+    return [
         arg("--preset", default=None, help="a named recipe (see `largekernel train --list-presets`)"),
         arg("--list-presets", action="store_true", help="list the presets and exit"),
         arg("--config", default=None, metavar="YAML", help="a YAML file of option: value"),
@@ -303,19 +298,41 @@ def _train_args() -> list[tuple[tuple, dict]]:
         arg("--no-resume", dest="resume", action="store_false",
             help="start from scratch (refuses a run directory that already has checkpoints)"),
     ]
-    for f in dataclasses.fields(TrainConfig):
-        names = ("--data", "--train") if f.name == "train" else (f"--{f.name.replace('_', '-')}",)
-        if f.type == "bool":
-            args.append(arg(*names, dest=f"cfg_{f.name}", default=None,
-                            action=argparse.BooleanOptionalAction, help=f"(default: {f.default})"))
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else "{}"
-            args.append(arg(*names, dest=f"cfg_{f.name}", default=None, metavar="V",
-                            help=f"(default: {default})"))
-    return args
 
 
-@command("train", help="train (or fine-tune) a model; resumable, checkpointed, logged", args=_train_args())
+def _option_flag(f: dataclasses.Field) -> tuple[tuple, dict]:
+    """One --flag for a config field, with its help sentence and default (values parsed like YAML)."""
+    names = ("--data", "--train") if f.name == "train" else (f"--{f.name.replace('_', '-')}",)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    text = f"{f.metadata['help']} (default: {json.dumps(default) if default is not None else 'none'})"
+    if f.type == "bool":
+        return arg(*names, dest=f"cfg_{f.name}", default=None, action=argparse.BooleanOptionalAction,
+                   help=text)
+    return arg(*names, dest=f"cfg_{f.name}", default=None, metavar="V", help=text)
+
+
+def _plugin_groups(attribute: str, title: str) -> list[tuple[str, list[tuple[tuple, dict]]]]:
+    """One argument group per registered plug-in that declares arguments under `attribute`."""
+    return [(f"{name} {title} (--modality {name})", list(getattr(cls, attribute)))
+            for name, cls in sorted(all_plugins().items()) if getattr(cls, attribute)]
+
+
+def _train_groups() -> list[tuple[str, list[tuple[tuple, dict]]]]:
+    """The engine's options, then one group per registered plug-in with the options it declares."""
+    from .engine.config import TrainConfig
+    from .engine.plugin import all_plugins
+
+    groups = [("engine options", [_option_flag(f) for f in dataclasses.fields(TrainConfig)
+                                  if f.name != "options"])]
+    for name, cls in sorted(all_plugins().items()):
+        if cls.options is not None:
+            groups.append((f"{name} options (--modality {name})",
+                           [_option_flag(f) for f in dataclasses.fields(cls.options)]))
+    return groups
+
+
+@command("train", help="train (or fine-tune) a model; resumable, checkpointed, logged", args=_train_args(),
+         groups=_train_groups)
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model on a folder (one subfolder per class) or a CSV of path,label.
 
@@ -398,24 +415,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("predict", help="predict files: top-k classes (images, audio, video, point clouds) or a forecast "
-                         "(time series); the modality comes from the checkpoint", args=[
+@command("predict", help="predict files: top-k classes, or the files a plug-in writes (e.g. forecasts); "
+                         "the plug-in comes from the checkpoint", args=[
     arg("paths", nargs="+", metavar="PATH"),
     arg("--checkpoint", default=None, metavar="CKPT", help="a run's best/last.safetensors or step*.pt"),
     arg("--model", default=None, metavar="NAME",
         help="without --checkpoint: a pretrained model (e.g. unireplknet_a.in1k, from the Hub cache); "
              "with an authors' .pth checkpoint: its architecture"),
-    arg("--topk", type=positive_int, default=5, metavar="K"),
-    arg("--horizon", type=positive_int, default=None, metavar="H",
-        help="time series: steps to forecast (default: the trained horizon)"),
-    arg("--backtest", action="store_true",
-        help="time series: forecast the last H known steps instead of the future, and plot and score "
-             "them against the truth"),
+    arg("--topk", type=positive_int, default=5, metavar="K", help="classes listed per file (default: 5)"),
     arg("--output", default=None, metavar="DIR",
-        help="where modalities that write files (time-series forecasts) put them (default: next to "
-             "each input)"),
-    arg("--json", action="store_true"),
-])
+        help="where plug-ins that write files (e.g. forecasts) put them (default: next to each input)"),
+    arg("--json", action="store_true", help="print the results as JSON"),
+], groups=lambda: _plugin_groups("predict_arguments", "predict options"))
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict each file; unreadable files are reported by name (exit 1 if none could be read)."""
     from .engine.inference import Trained, load_trained, predict_files
@@ -431,7 +442,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, None, None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
-    options = dict(horizon=args.horizon, output=args.output, backtest=args.backtest)
+    own = {"command", "func", "verbose", "quiet", "paths", "checkpoint", "model", "topk", "json"}
+    options = {k: v for k, v in vars(args).items() if k not in own}  # --output, plug-ins' options
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)
     else:
@@ -519,144 +531,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- synthetic datasets (real file formats) for tests and demos -----------------------------------
-# audio
-@command("make-speech", help="synthesise a small spoken-word dataset (Speech Commands layout) with espeak-ng", args=[
-    arg("output", metavar="OUT", help="dataset folder to create"),
-    arg("--words", default="yes,no,up,down,left,right", metavar="W1,W2,...",
-        help="comma-separated words, one class each (default: yes,no,up,down,left,right)"),
-    arg("--per-word", type=positive_int, default=48, metavar="N",
-        help="clips per word, spread over 24 voices (default: 48)"),
-    arg("--held-out", type=positive_int, default=2, metavar="K",
-        help="voices in validation_list.txt and in testing_list.txt each (default: 2)"),
-    arg("--seed", type=int, default=0, help="seed of speeds, pitches, levels, held-out voices (default: 0)"),
-    arg("--overwrite", action="store_true", help="replace OUT if it is not empty"),
-    arg("--json", action="store_true", help="print the counts as JSON"),
-])
-def cmd_make_speech(args: argparse.Namespace) -> int:
-    """Write OUT/<word>/<voice>_nohash_<i>.wav (1 s, 16 kHz mono), validation_list.txt and
-    testing_list.txt (whole held-out voices) and _background_noise_/ (white, pink, hum), spoken by
-    24 espeak-ng voices at varied speeds and pitches. Train on it with `largekernel train
-    --modality audio --data OUT`."""
-    from .modalities.speech_data import write_speech_dataset
-
-    result = write_speech_dataset(args.output, args.words.split(","), args.per_word, args.seed,
-                                  held_out=args.held_out, overwrite=args.overwrite)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(f"wrote {result['clips']} clips of {len(result['words'])} words to "
-                         f"{result['root']}: {result['train']} train, {result['validation']} "
-                         f"validation ({', '.join(result['validation_speakers'])}), "
-                         f"{result['testing']} testing ({', '.join(result['testing_speakers'])})\n")
-    return 0
-
-
-@command("audio-stats", help="log-mel mean/std of a dataset's training clips (for --audio-mean/--audio-std)", args=[
-    arg("--data", required=True, help="training data: folder (e.g. Speech Commands) or CSV of path,label"),
-    arg("--max-files", type=positive_int, default=None, metavar="N",
-        help="use N evenly spaced training files (default: all)"),
-    arg("--set", action="append", default=[], metavar="KEY=VALUE",
-        help="feature options as for train, e.g. --set mel_bins=64 --set target_frames=100"),
-    arg("--json", action="store_true", help="print the numbers as JSON"),
-])
-def cmd_audio_stats(args: argparse.Namespace) -> int:
-    """Mean and std of the unnormalised log-mel features (padding included) over the training files
-    (Speech Commands: those in neither list), and the options that use them."""
-    from .engine.config import parse_overrides, resolve_config
-    from .modalities.audio import feature_stats
-
-    cfg = resolve_config(overrides=dict(parse_overrides(args.set), modality="audio", train=args.data))
-    stats = feature_stats(cfg, args.max_files)
-    if args.json:
-        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
-        return 0
-    sys.stdout.write(f"{stats['files']} files: log-mel mean {stats['mean']:.6f}, std {stats['std']:.6f}\n"
-                     f"train with: --set audio_mean={stats['mean']:.6f} --set audio_std={stats['std']:.6f}\n")
-    if stats["skipped"]:
-        sys.stdout.write(f"skipped {len(stats['skipped'])} unreadable files\n")
-    return 0
-
-
-# the data generators' seed option
-RANDOM_SEED = arg("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-
-
-# time series
-@command("make-series", help="write a multivariate hourly series CSV (daily + weekly seasons, trend, "
-                             "coupling, noise), or the real GOOG daily prices with --goog", args=[
-    arg("output", metavar="OUT.csv", help="CSV to write: a date column and one column per variable"),
-    arg("--length", type=positive_int, default=2000, metavar="N", help="time steps (default 2000)"),
-    arg("--variables", type=positive_int, default=3, metavar="V", help="variables (default 3)"),
-    RANDOM_SEED,
-    arg("--goog", action="store_true", help="write matplotlib's bundled GOOG daily open/high/low/close "
-        "(2004-08-19 .. 2008-10-14, 1047 trading days) instead"),
-])
-def cmd_make_series(args: argparse.Namespace) -> int:
-    """Generated data: hourly from 2024-01-01, variable v = level + trend + daily cycle (weaker at
-    weekends) + weekly cycle + AR(1) noise + half of variable v-1 three hours earlier."""
-    from .modalities.series_data import GOOG_COLUMNS, goog_series, make_series, write_series_csv
-
-    if args.goog:
-        times, values = goog_series()
-        columns = list(GOOG_COLUMNS)
-    else:
-        times, values = make_series(args.length, args.variables, args.seed)
-        columns = [f"s{v}" for v in range(args.variables)]
-    path = write_series_csv(args.output, times, values, columns)
-    sys.stdout.write(f"wrote {path}: {len(values)} rows x {len(columns)} variables "
-                     f"({times[0]} .. {times[-1]})\n")
-    return 0
-
-
-# point clouds
-@command("make-shapes", help="write labelled 3-D shapes (trimesh primitives) as .off/.ply/.obj/.stl "
-                             "meshes in the ModelNet40 layout, or .txt points in the resampled layout", args=[
-    arg("output", metavar="OUT", help="folder: OUT/<class>/train|test/<class>_NNNN.<ext> (txt: "
-        "OUT/shape_names.txt, OUT/shapes_train|test.txt, OUT/<class>/<id>.txt)"),
-    arg("--per-class", type=positive_int, default=20, metavar="N",
-        help="shapes per class, a quarter of them in the test split (default 20)"),
-    RANDOM_SEED,
-    arg("--format", dest="fmt", choices=("off", "ply", "mixed", "txt"), default="off",
-        help="off or ply meshes, mixed (off/ply/obj/stl in turn), or txt x,y,z,nx,ny,nz points "
-             "(default off)"),
-])
-def cmd_make_shapes(args: argparse.Namespace) -> int:
-    """7 classes (annulus, box, capsule, cone, cylinder, sphere, torus) with random size, aspect,
-    rotation about the up (z) axis, a small tilt and vertex noise."""
-    from .modalities.shapes_data import CLASSES, make_shapes
-
-    out = make_shapes(args.output, args.per_class, args.seed, args.fmt)
-    sys.stdout.write(f"wrote {args.per_class * len(CLASSES)} shapes ({args.fmt}) in {len(CLASSES)} "
-                     f"classes to {out}\n")
-    return 0
-
-
-# video
-@command("make-clips", help="write synthetic mp4 clips (a shape moving up/down, growing/shrinking) "
-                            "in class folders plus clips.csv", args=[
-    arg("output", metavar="OUT", help="folder to write OUT/<class>/NNN.mp4 and OUT/clips.csv"),
-    arg("--per-class", type=positive_int, default=20, metavar="N", help="clips per class (default 20)"),
-    arg("--frames", type=positive_int, default=16, metavar="F", help="frames per clip (default 16)"),
-    arg("--size", type=positive_int, default=64, metavar="S", help="frame size, even (default 64)"),
-    RANDOM_SEED,
-    arg("--task", choices=["motion", "shape"], default="motion",
-        help="the class is the motion (down/grow/shrink/up; default) or the shape "
-             "(cross/diamond/disc/square)"),
-])
-def cmd_make_clips(args: argparse.Namespace) -> int:
-    """Render clips with numpy and encode them with PyAV (libx264, else mpeg4): 4 classes whose
-    label is the motion (down, grow, shrink, up) or, with --task shape, the shape; random
-    colours, position and speed."""
-    from .modalities.clips_data import make_clips, task_classes
-
-    out = make_clips(args.output, args.per_class, args.frames, args.size, args.seed, args.task)
-    n = len(task_classes(args.task))
-    sys.stdout.write(f"wrote {args.per_class * n} clips ({args.frames} frames, "
-                     f"{args.size}x{args.size}) in {n} {args.task} classes to {out}, list {out / 'clips.csv'}\n")
-    return 0
-
-
 # ---- plumbing ------------------------------------------------------------------------------------
 
 def _verbosity_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -667,20 +541,60 @@ def _verbosity_flags(parser: argparse.ArgumentParser, default: Any) -> None:
                        help="log errors only")
 
 
+def _plugin_commands() -> list[tuple[str, str, list[tuple[tuple, dict]], None, Handler]]:
+    """The plug-ins' extra subcommands and, for each data generator NAME, the alias `make-NAME`."""
+    found = []
+    for cls in all_plugins().values():
+        for c in cls.commands:
+            found.append((c.name, c.help, c.arguments, None, c.run, c.description))
+        for g in cls.data_generators:
+            found.append((f"make-{g.name}", g.help, g.arguments, None, g.run,
+                          f"{g.description} (Same as `largekernel make-data {g.name}`.)"))
+    return found
+
+
+def _add_make_data(sub) -> None:
+    """`make-data KIND ...`: one subcommand per data generator the plug-ins declare."""
+    p = sub.add_parser("make-data", help="write a dataset a plug-in can generate (KIND: "
+                       + ", ".join(g.name for g in _generators()) + ")",
+                       description="Write a synthetic (or bundled) dataset in the file layout its "
+                                   "plug-in reads; `largekernel make-data KIND --help` lists KIND's options.")
+    _verbosity_flags(p, default=argparse.SUPPRESS)
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for g in _generators():
+        k = kinds.add_parser(g.name, help=g.help, description=(g.description or g.help).strip())
+        _verbosity_flags(k, default=argparse.SUPPRESS)
+        for names, kwargs in g.arguments:
+            k.add_argument(*names, **kwargs)
+        k.set_defaults(func=g.run)
+
+
+def _generators() -> list[Command]:
+    return sorted((g for cls in all_plugins().values() for g in cls.data_generators), key=lambda g: g.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every registered subcommand."""
+    """The full parser with every registered subcommand and the plug-ins' commands."""
     parser = argparse.ArgumentParser(
         prog="largekernel", description="UniRepLKNet large-kernel ConvNets: tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _verbosity_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, help_text, arguments, fn in _COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=(fn.__doc__ or help_text).strip())
+    commands = [(*c, None) for c in _COMMANDS] + _plugin_commands()
+    for name, help_text, arguments, groups, fn, description in commands:
+        p = sub.add_parser(name, help=help_text,
+                           description=(description or fn.__doc__ or help_text).strip())
         # SUPPRESS: -v/-q given before the subcommand are not overwritten by the subparser
         _verbosity_flags(p, default=argparse.SUPPRESS)
         for names, kwargs in arguments:
             p.add_argument(*names, **kwargs)
+        for title, group_args in groups() if groups else ():
+            group = p.add_argument_group(title)
+            for names, kwargs in group_args:
+                if not any(n in p._option_string_actions for n in names):  # shared by two plug-ins
+                    group.add_argument(*names, **kwargs)
         p.set_defaults(func=fn)
+    _add_make_data(sub)
     return parser
 
 

@@ -5,123 +5,113 @@ config is stored in every checkpoint and in `config.yaml` of the run directory.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .plugin import all_plugins, get_plugin, plugin_options
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with the sentence `train --help` prints for it (lists/dicts get a factory)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=dict(help=help))
+    return field(default=default, metadata=dict(help=help))
+
 
 @dataclass
 class TrainConfig:
+    """The engine's options; a plug-in's own options live in `options` (its dataclass) and read
+    like the engine's (`cfg.mel_bins`), so configs stay flat."""
+
     # what to train
-    modality: str = "image"
-    model: str = "unireplknet_a"
-    model_kwargs: dict = field(default_factory=dict)  # extra create_model options (e.g. kernel_sizes)
-    pretrained: bool = False
-    init_checkpoint: str | None = None  # fine-tune from this file (head dropped if classes differ)
+    modality: str = option("image", "the plug-in (modality or task) that reads the data and names the task")
+    model: str = option("unireplknet_a", "the backbone's registry name, e.g. unireplknet_s")
+    model_kwargs: dict = option({}, "extra create_model options as JSON, e.g. {\"kernel_sizes\": [3, 5, 7, 9]}")
+    pretrained: bool = option(False, "start from the model's pretrained weights (Hub cache or download)")
+    init_checkpoint: str | None = option(None, "fine-tune from this weights file (the head is dropped if the classes differ)")
     # data
-    train: str | None = None  # folder (class-per-folder) or CSV of path,label
-    val: str | None = None
-    val_split: float = 0.1  # held-out fraction when only `train` is given
-    classes: list[str] | None = None
-    input_size: int = 224
-    in_chans: int = 3
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    mean: tuple[float, ...] | None = None  # None: the model's pretrained cfg
-    std: tuple[float, ...] | None = None
-    strict: bool = False  # fail on the first unreadable sample instead of skipping it
-    workers: int = 0
+    train: str | None = option(None, "training data: a folder (one subfolder per class), a CSV of path,label, or the plug-in's format")
+    val: str | None = option(None, "validation data in the same form; default: a split of the training data")
+    val_split: float = option(0.1, "fraction held out for validation (per class) when no validation data is given")
+    classes: list[str] | None = option(None, "the class names in order (default: sorted folder names or labels)")
+    input_size: int = option(224, "side of the square input in pixels (a multiple of 32)")
+    in_chans: int = option(3, "input channels: 3 (RGB) or 1 (grayscale) for images")
+    crop_pct: float = option(0.875, "evaluation: resize the short side to input_size / crop_pct, then centre-crop")
+    interpolation: str = option("bicubic", "resize interpolation: bicubic, bilinear or nearest")
+    mean: tuple[float, ...] | None = option(None, "per-channel normalisation mean (default: the model's pretrained cfg)")
+    std: tuple[float, ...] | None = option(None, "per-channel normalisation std (default: the model's pretrained cfg)")
+    strict: bool = option(False, "fail on the first unreadable sample instead of skipping and reporting it")
+    workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
     # augmentation
-    scale: tuple[float, float] = (0.08, 1.0)
-    hflip: float = 0.5
-    randaug: str | None = "m9"  # RandAugment magnitude, e.g. "m9"; None disables
-    reprob: float = 0.25
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    smoothing: float = 0.1
-    loss: str = "ce"  # classification loss: "ce" (softmax cross-entropy) or "bce" (sigmoid, per class)
+    scale: tuple[float, float] = option((0.08, 1.0), "RandomResizedCrop's range of area fractions, as min,max")
+    hflip: float = option(0.5, "probability of a horizontal flip")
+    randaug: str | None = option("m9", "RandAugment magnitude, e.g. m9 or m9-n2; none disables")
+    reprob: float = option(0.25, "probability of random erasing")
+    mixup: float = option(0.0, "mixup alpha (0: off)")
+    cutmix: float = option(0.0, "cutmix alpha (0: off)")
+    mixup_prob: float = option(1.0, "probability of applying mixup/cutmix to a batch")
+    smoothing: float = option(0.1, "label smoothing: the probability mass spread over all classes")
+    loss: str = option("ce", "classification loss: ce (softmax cross-entropy) or bce (sigmoid, per class)")
     # optimisation
-    epochs: int = 300
-    batch_size: int = 128  # per process
-    accum_steps: int = 1
-    opt: str = "adamw"
-    lr: float | None = None  # absolute lr; None: blr * global batch / 256
-    blr: float = 4e-3 * 256 / 4096
-    min_lr: float = 1e-6
-    warmup_epochs: float = 20
-    warmup_lr: float = 0.0
-    sched: str = "cosine"  # "cosine", or "step": lr x `lr_decay` per epoch from epoch `lr_decay_start`
-    lr_decay: float = 0.85
-    lr_decay_start: int = 5
-    weight_decay: float = 0.05
-    layer_decay: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
-    clip_grad: float | None = None
-    drop_path: float = 0.0
-    head_init_scale: float = 1.0
-    ema_decay: float | None = None  # e.g. 0.9999; evaluation then also reports the EMA copy
+    epochs: int = option(300, "number of training epochs")
+    batch_size: int = option(128, "samples per batch and process")
+    accum_steps: int = option(1, "micro-batches accumulated per optimizer step")
+    opt: str = option("adamw", "optimizer: adamw, adam or sgd")
+    lr: float | None = option(None, "absolute learning rate (default: blr x global batch / 256)")
+    blr: float = option(4e-3 * 256 / 4096, "base learning rate per 256 samples, used when lr is not given")
+    min_lr: float = option(1e-6, "learning rate at the end of the cosine schedule")
+    warmup_epochs: float = option(20, "epochs of linear warm-up (fractions allowed)")
+    warmup_lr: float = option(0.0, "learning rate at the start of the warm-up")
+    sched: str = option("cosine", "schedule: cosine, or step (lr x lr_decay per epoch from lr_decay_start)")
+    lr_decay: float = option(0.85, "step schedule: the factor per epoch")
+    lr_decay_start: int = option(5, "step schedule: the first epoch that decays")
+    weight_decay: float = option(0.05, "decoupled weight decay (not on norms, biases and layer scales)")
+    layer_decay: float | None = option(None, "layer-wise learning-rate decay, e.g. 0.8 for fine-tuning")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam betas, as b1,b2")
+    clip_grad: float | None = option(None, "clip the gradient norm to this value")
+    drop_path: float = option(0.0, "stochastic depth rate of the last block (linear over the depth)")
+    head_init_scale: float = option(1.0, "scale of the classifier's initial weights")
+    ema_decay: float | None = option(None, "keep an EMA of the weights with this decay, e.g. 0.9999 (also evaluated)")
     # runtime
-    amp: str | None = None  # None, "bf16" or "fp16" (fp16 only on CUDA)
-    device: str = "auto"
-    channels_last: bool = False
-    grad_checkpointing: bool = False
-    sync_bn: bool = False
-    seed: int = 0
-    deterministic: bool = False
+    amp: str | None = option(None, "mixed precision: bf16 or fp16 (CUDA only); none for float32")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")
+    channels_last: bool = option(False, "channels-last memory format")
+    grad_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    sync_bn: bool = option(False, "synchronise batch-norm statistics across processes")
+    seed: int = option(0, "seed of initialisation, data order and augmentation")
+    deterministic: bool = option(False, "use deterministic algorithms only (slower)")
     # output
-    output: str = "runs/train"
-    keep_last: int = 2
-    save_every_steps: int | None = None  # also checkpoint mid-epoch every N optimizer steps
-    eval_every: int = 1
-    log_every: int = 10
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
-    # ---- modality options (each modality reads its own; see README) ----
-    # audio
-    sample_rate: int = 16000  # clips are mixed to mono and resampled to this rate (Hz)
-    mel_bins: int = 128  # Kaldi log-mel filterbank bins: the input's width
-    target_frames: int = 128  # 10 ms frames after padding/cropping: the input's height
-    audio_mean: float = -6.845978  # log-mel normalisation (x - mean) / (2 * std); see audio-stats
-    audio_std: float = 5.5654526
-    freq_mask: int = 48  # SpecAugment: widest frequency mask in bins (0: none)
-    time_mask: int = 48  # SpecAugment: widest time mask in frames (0: none)
-    time_roll: int = 10  # random circular shift of the features by up to +-N frames
-    noise_prob: float = 0.5  # chance of mixing in background noise (_background_noise_, else white)
-    noise_snr: tuple[float, float] = (10.0, 30.0)  # its signal-to-noise ratio range in dB
-    # time series
-    lookback: int = 96  # input steps L per window
-    horizon: int = 24  # forecast steps H
-    time_column: str | None = None  # None: the first column named date/time/timestamp/datetime
-    targets: list[str] | None = None  # variable columns to forecast; None: every other column
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # chronological train/val/test
-    missing: str = "error"  # missing values: "error" or "interpolate" (linear in time)
-    embed_dim: int = 64  # D' per step; the L x D' embedding is zero-padded to a square map
-    window_stride: int = 1  # step between training windows
-    season: int | None = None  # seasonal-naive period; None: from the timestamps (24 hourly, 7 daily)
-    # point cloud
-    num_points: int = 1024  # points per cloud after farthest-point sampling (spec: 4096)
-    mesh_points: int = 10000  # points sampled uniformly on a mesh's surface before FPS
-    views: int = 4  # rendered views per cloud (authors' code 4, paper 3); the grid side is input_size
-    knn: int = 32  # neighbours of the DGCNN edge features
-    view_fusion: bool = False  # a residual 1x1 conv across the views' decoder features
-    test_copies: int = 8  # rotated copies (about the up axis) averaged by validation, eval and predict
-    point_rotation: str = "up"  # training rotation: "up" (about up_axis), "so3" (any) or "none"
-    up_axis: str = "z"  # the shapes' up axis: "z" (ModelNet40 meshes) or "y" (resampled .txt), "x"
-    # video
-    frames: int = 16  # frames per clip (T); a perfect square (4, 9, 16, 25) for the one-image layouts
-    frame_stride: int = 4  # step between sampled frames with sampling="dense"
-    sampling: str = "dense"  # "dense" (T frames at frame_stride) or "uniform" (T frames spread over the clip)
-    short_clip: str = "loop"  # too few frames: "loop" the clip or "pad" with its last frame (warned per file)
-    layout: str = "mosaic"  # frames -> one image: "mosaic" (sqrt(T) x sqrt(T) grid) or "reshape" (authors')
-    val_clips: int = 1  # temporal clips x spatial crops averaged by validation during training
-    val_crops: int = 1
-    test_clips: int = 5  # temporal clips x spatial crops averaged by `eval` and `predict` (authors: 5 x 3)
-    test_crops: int = 3
+    output: str = option("runs/train", "run directory: checkpoints, logs, plots, weights")
+    keep_last: int = option(2, "step checkpoints kept (the best weights are kept separately)")
+    save_every_steps: int | None = option(None, "also checkpoint every N optimizer steps, mid-epoch")
+    eval_every: int = option(1, "validate every N epochs (and after the last)")
+    log_every: int = option(10, "log the loss every N optimizer steps")
+    max_steps: int | None = option(None, "stop after N optimizer steps (smoke tests)")
+    # the plug-in's own options (its dataclass; None when it declares none)
+    options: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            cls = plugin_options(self.modality)
+            self.options = cls() if cls is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        """A plug-in option, read flat (`cfg.mel_bins`)."""
+        options = self.__dict__.get("options")
+        if options is not None and name in options.__dataclass_fields__:
+            return getattr(options, name)
+        raise AttributeError(f"no option {name!r} for modality {self.__dict__.get('modality')!r}")
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Flat `option: value` (the engine's, then the plug-in's), as stored in checkpoints."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        if self.options is not None:
+            values.update(dataclasses.asdict(self.options))
+        return json.loads(json.dumps(values))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -175,9 +165,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a YAML/CLI value to the type of field `name` (tuples from lists, "none" -> None)."""
-    spec = TrainConfig.__dataclass_fields__[name]
+def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+    """Convert a YAML/CLI value to the type of field `spec` (tuples from lists, "none" -> None)."""
     default = spec.default
     if isinstance(value, str):
         if value.lower() in ("none", "null", ""):
@@ -218,11 +207,20 @@ def resolve_config(preset: str | None = None, yaml_path: str | Path | None = Non
             raise ValueError(f"{path}: a config file must be a mapping of option: value")
         values.update(loaded)
     values.update(overrides or {})  # an explicit None (e.g. randaug=None) switches a feature off
-    known = set(TrainConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
+    modality = values.get("modality", TrainConfig.__dataclass_fields__["modality"].default)
+    get_plugin(modality)  # an unknown modality fails here, naming the known ones
+    engine = {k: f for k, f in TrainConfig.__dataclass_fields__.items() if k != "options"}
+    opts_cls = plugin_options(modality)
+    own = opts_cls.__dataclass_fields__ if opts_cls is not None else {}
+    others = {k for cls in all_plugins().values() if cls.options is not None
+              for k in cls.options.__dataclass_fields__}
+    unknown = sorted(set(values) - set(engine) - set(own) - others)
     if unknown:
-        raise ValueError(f"unknown config option(s) {unknown}; allowed: {', '.join(sorted(known))}")
-    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+        raise ValueError(f"unknown config option(s) {unknown}; allowed: {', '.join(sorted({*engine, *own}))}")
+    # options of other plug-ins (configs stored by older versions hold every modality's) are dropped
+    options = opts_cls(**{k: _coerce(own[k], v) for k, v in values.items() if k in own}) if opts_cls else None
+    return TrainConfig(**{k: _coerce(engine[k], v) for k, v in values.items() if k in engine},
+                       options=options)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

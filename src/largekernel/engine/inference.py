@@ -12,8 +12,9 @@ from torch import nn
 from ..layers.reparam import reparameterize
 from ..models.checkpoint import (STEP_CKPT, checkpoint_form, load_checkpoint, model_from_checkpoint,
                                  read_metadata, read_state_dict)
-from ..modalities import Modality, get_modality, modality_for_file
 from .config import TrainConfig, resolve_config
+from .plugin import Plugin, get_plugin, plugin_for_file
+from .state import load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class Trained:
     model: nn.Module
     cfg: TrainConfig
     classes: list[str] | None
-    modality: Modality | None
+    modality: Plugin | None
 
 
 def load_trained(path: str | Path, model_name: str | None = None, ema: bool = False) -> Trained:
@@ -34,11 +35,9 @@ def load_trained(path: str | Path, model_name: str | None = None, ema: bool = Fa
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if STEP_CKPT.search(path.name):
-        from .state import load_training_state
-
         state = load_training_state(path)
         cfg = resolve_config(overrides={k: v for k, v in state["config"].items()})
-        modality = get_modality(cfg.modality)
+        modality = get_plugin(cfg.modality)
         model = modality.build_model(_no_download(cfg), len(state["classes"]))
         weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
         model.load_state_dict(weights)
@@ -47,7 +46,7 @@ def load_trained(path: str | Path, model_name: str | None = None, ema: bool = Fa
     if "train_config" in meta:
         cfg = resolve_config(overrides=json.loads(meta["train_config"]))
         classes = json.loads(meta["classes"])
-        modality = get_modality(cfg.modality)
+        modality = get_plugin(cfg.modality)
         model = modality.build_model(_no_download(cfg), len(classes)).eval()
         if checkpoint_form(read_state_dict(path)) == "deploy":
             reparameterize(model, inplace=True)  # a file written by `largekernel reparam`
@@ -56,6 +55,13 @@ def load_trained(path: str | Path, model_name: str | None = None, ema: bool = Fa
     model = model_from_checkpoint(path, model_name).eval()
     cfg = TrainConfig(model=model_name or meta.get("architecture", "unknown"))
     return Trained(model, cfg, None, None)
+
+
+def records_training(path: str | Path) -> bool:
+    """Whether `path` was written by `largekernel train` (a step checkpoint, or weights whose
+    metadata holds the training config): `load_trained` then rebuilds the plug-in's model."""
+    path = Path(path)
+    return bool(STEP_CKPT.search(path.name)) or "train_config" in read_metadata(path)
 
 
 def _no_download(cfg: TrainConfig) -> TrainConfig:
@@ -70,7 +76,7 @@ def predict_files(trained: Trained, paths: list[str | Path], topk: int = 5) -> l
     softmax scores are averaged over them, as `eval` does."""
     results = []
     for p in paths:
-        modality = trained.modality or modality_for_file(p)
+        modality = trained.modality or plugin_for_file(p)
         try:
             x = modality.load(p, trained.cfg)
         except ValueError as e:

@@ -19,11 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..modalities import Skipped, collate, get_modality
 from .config import TrainConfig
+from .data import Skipped, collate
 from .ema import ModelEma
 from .evaluate import autocast_context
 from .optim import build_optimizer, scheduled_lr, set_lr
+from .plugin import get_plugin
 from .state import (EpochSampler, SeededSamples, latest_checkpoint, load_training_state, rng_state,
                     save_training_state, set_rng_state)
 
@@ -88,7 +89,7 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         self.run_dir = Path(cfg.output)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.modality = get_modality(cfg.modality)
+        self.modality = get_plugin(cfg.modality)
         data = self.modality.datasets(cfg)
         if data.train is None or len(data.train) == 0:
             raise ValueError("the training set is empty")

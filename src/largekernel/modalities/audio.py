@@ -12,8 +12,11 @@ class-per-folder tree, or a CSV of path,label.
 """
 from __future__ import annotations
 
+import json
 import math
 import struct
+import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,10 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..engine.config import TrainConfig
-from .base import DataBundle, Modality, Skipped, register_modality
-from . import image
-from .image import one_thread, stratified_split
+from ..engine.classification import Classification
+from ..engine.commands import Command, arg, positive_int
+from ..engine.config import TrainConfig, option
+from ..engine.data import DataBundle, Skipped
+from ..engine.plugin import register_plugin
+from . import files
+from .files import Sample, file_datasets, one_thread, split_samples
 
 EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 NOISE_DIR = "_background_noise_"
@@ -32,7 +38,6 @@ LISTS = ("validation_list.txt", "testing_list.txt")
 INSTALL = 'pip install "largekernel[audio]"'
 FRAME_MS, SHIFT_MS, PREEMPH, LOW_FREQ = 25.0, 10.0, 0.97, 20.0
 SILENCE = 1e-4  # peak amplitude (-80 dBFS) below which a clip counts as silent
-Sample = tuple[str, int]
 
 
 class AudioError(ValueError):
@@ -301,7 +306,7 @@ class AudioDataset(Dataset):
 def scan_folder(root: Path, classes: list[str] | None, source: str) -> tuple[list[Sample], list[str]]:
     """root/<class>/**/<audio> -> samples and classes; folders whose name starts with '_' or '.'
     (e.g. `_background_noise_`) are not classes."""
-    return image.scan_folder(root, classes, source, EXTENSIONS, "audio files", "<clip>.wav", ("_", "."))
+    return files.scan_folder(root, classes, source, EXTENSIONS, "audio files", "<clip>.wav", ("_", "."))
 
 
 def read_list(path: Path, samples: list[Sample]) -> list[Sample]:
@@ -333,7 +338,7 @@ def load_split(path: str | Path, classes: list[str] | None, part: str,
         samples, classes = scan_folder(p.parent, classes, source)
         return read_list(p, samples), classes
     if p.is_file():
-        return image.read_csv(p, classes, source, "audio files")
+        return files.read_csv(p, classes, source, "audio files")
     if not p.is_dir():
         raise ValueError(f"{p} does not exist; pass a folder with one subfolder per class "
                          f"(e.g. Speech Commands), a Speech Commands list file or a CSV of path,label")
@@ -356,21 +361,24 @@ def noise_files(root: str | Path | None) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
+def read_parts(path: str | Path, part: str, classes: list[str] | None,
+               source: str) -> tuple[list[Sample], list[str], bool]:
+    """The `files.Reader` of audio: parts map to Speech Commands' lists (val: validation_list.txt,
+    test: testing_list.txt, falling back to the validation list); has_parts when a folder has lists."""
+    name = {"train": "train", "val": "validation", "test": "testing"}[part]
+    samples, classes = load_split(path, classes, name, source)
+    p = Path(path)
+    if part == "test" and not samples:
+        raise ValueError(f"{path}: its testing/validation list names no files")
+    return samples, classes, p.is_dir() and any((p / n).is_file() for n in LISTS)
+
+
+TRAIN_HINT = "a folder with one subfolder per class, e.g. Speech Commands, or a CSV of path,label"
+
+
 def train_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[str]]:
     """(train, val, classes) as `train` uses them: Speech Commands lists, `val`, or a split."""
-    if not cfg.train:
-        raise ValueError("no training data: set train=PATH (a folder with one subfolder per class, "
-                         "e.g. Speech Commands, or a CSV of path,label)")
-    samples, classes = load_split(cfg.train, cfg.classes, "train", "the configured classes")
-    if cfg.val:
-        val, _ = load_split(cfg.val, classes, "validation", "the training classes")
-    elif Path(cfg.train).is_dir() and (Path(cfg.train) / LISTS[0]).is_file():
-        val, _ = load_split(cfg.train, classes, "validation")
-    elif Path(cfg.train).is_dir() and (Path(cfg.train) / LISTS[1]).is_file():
-        val = []  # only a testing list: no validation during training
-    else:
-        samples, val = stratified_split(samples, cfg.val_split, cfg.seed)
-    return samples, val, classes
+    return split_samples(cfg, read_parts, TRAIN_HINT)
 
 
 def feature_stats(cfg: TrainConfig, max_files: int | None = None) -> dict:
@@ -398,33 +406,122 @@ def feature_stats(cfg: TrainConfig, max_files: int | None = None) -> dict:
                 files=len(samples) - len(skipped), skipped=skipped)
 
 
-@register_modality
-class AudioModality(Modality):
+# ----------------------------------------------------------------------------- command line
+
+def _make_speech(args) -> int:
+    """Write OUT/<word>/<voice>_nohash_<i>.wav (1 s, 16 kHz mono), validation_list.txt and
+    testing_list.txt (whole held-out voices) and _background_noise_/ (white, pink, hum), spoken by
+    24 espeak-ng voices at varied speeds and pitches."""
+    from .speech_data import write_speech_dataset
+
+    result = write_speech_dataset(args.output, args.words.split(","), args.per_word, args.seed,
+                                  held_out=args.held_out, overwrite=args.overwrite)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(f"wrote {result['clips']} clips of {len(result['words'])} words to "
+                         f"{result['root']}: {result['train']} train, {result['validation']} "
+                         f"validation ({', '.join(result['validation_speakers'])}), "
+                         f"{result['testing']} testing ({', '.join(result['testing_speakers'])})\n")
+    return 0
+
+
+SPEECH = Command("speech", "synthesise a small spoken-word dataset (Speech Commands layout) with espeak-ng",
+                 _make_speech, [
+    arg("output", metavar="OUT", help="dataset folder to create"),
+    arg("--words", default="yes,no,up,down,left,right", metavar="W1,W2,...",
+        help="comma-separated words, one class each (default: yes,no,up,down,left,right)"),
+    arg("--per-word", type=positive_int, default=48, metavar="N",
+        help="clips per word, spread over 24 voices (default: 48)"),
+    arg("--held-out", type=positive_int, default=2, metavar="K",
+        help="voices in validation_list.txt and in testing_list.txt each (default: 2)"),
+    arg("--seed", type=int, default=0, help="seed of speeds, pitches, levels, held-out voices (default: 0)"),
+    arg("--overwrite", action="store_true", help="replace OUT if it is not empty"),
+    arg("--json", action="store_true", help="print the counts as JSON"),
+], _make_speech.__doc__ + " Train on it with `largekernel train --modality audio --data OUT`.")
+
+
+def _audio_stats(args) -> int:
+    """Mean and std of the unnormalised log-mel features (padding included) over the training files
+    (Speech Commands: those in neither list), and the options that use them."""
+    from ..engine.config import parse_overrides, resolve_config
+
+    cfg = resolve_config(overrides=dict(parse_overrides(args.set), modality="audio", train=args.data))
+    stats = feature_stats(cfg, args.max_files)
+    if args.json:
+        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+        return 0
+    sys.stdout.write(f"{stats['files']} files: log-mel mean {stats['mean']:.6f}, std {stats['std']:.6f}\n"
+                     f"train with: --set audio_mean={stats['mean']:.6f} --set audio_std={stats['std']:.6f}\n")
+    if stats["skipped"]:
+        sys.stdout.write(f"skipped {len(stats['skipped'])} unreadable files\n")
+    return 0
+
+
+AUDIO_STATS = Command("audio-stats", "log-mel mean/std of a dataset's training clips (for --audio-mean/--audio-std)",
+                      _audio_stats, [
+    arg("--data", required=True, help="training data: folder (e.g. Speech Commands) or CSV of path,label"),
+    arg("--max-files", type=positive_int, default=None, metavar="N",
+        help="use N evenly spaced training files (default: all)"),
+    arg("--set", action="append", default=[], metavar="KEY=VALUE",
+        help="feature options as for train, e.g. --set mel_bins=64 --set target_frames=100"),
+    arg("--json", action="store_true", help="print the numbers as JSON"),
+], _audio_stats.__doc__)
+
+
+@dataclass
+class AudioOptions:
+    """The audio plug-in's options: waveform rate, log-mel features, SpecAugment and noise."""
+
+    sample_rate: int = option(16000, "clips are mixed to mono and resampled to this rate (Hz)")
+    mel_bins: int = option(128, "Kaldi log-mel filterbank bins: the input's width")
+    target_frames: int = option(128, "10 ms frames after padding or cropping: the input's height")
+    audio_mean: float = option(-6.845978, "log-mel normalisation (x - mean) / (2 std): the mean (see `largekernel audio-stats`)")
+    audio_std: float = option(5.5654526, "log-mel normalisation: the std (see `largekernel audio-stats`)")
+    freq_mask: int = option(48, "SpecAugment: widest frequency mask in bins (0: none)")
+    time_mask: int = option(48, "SpecAugment: widest time mask in frames (0: none)")
+    time_roll: int = option(10, "random circular shift of the features by up to +-N frames")
+    noise_prob: float = option(0.5, "chance of mixing in background noise (_background_noise_, else white)")
+    noise_snr: tuple[float, float] = option((10.0, 30.0), "the mixed-in noise's signal-to-noise ratio range in dB, as low,high")
+
+
+@register_plugin
+class AudioModality(Classification):
     """Audio clips: Speech Commands / class-per-folder / CSV datasets, Kaldi log-mel features."""
 
     name = "audio"
+    options = AudioOptions
+    data_generators = (SPEECH,)
+    commands = (AUDIO_STATS,)
     extensions = EXTENSIONS
 
     def datasets(self, cfg: TrainConfig, train: bool = True) -> DataBundle:
         """Train + val; with train=False the evaluation set (a Speech Commands root: its testing list)."""
-        if not train:
-            path = cfg.val or cfg.train
-            if not path:
-                raise ValueError("no data to evaluate: pass a folder, a Speech Commands list or a "
-                                 "CSV (val=PATH)")
-            samples, classes = load_split(path, cfg.classes, "testing", "the checkpoint's classes")
-            if not samples:
-                raise ValueError(f"{path}: its testing/validation list names no files")
-            return DataBundle(None, AudioDataset(samples, classes, cfg, False), classes)
-        samples, val, classes = train_samples(cfg)
-        noise = noise_files(cfg.train) if Path(cfg.train).is_dir() else []
-        return DataBundle(AudioDataset(samples, classes, cfg, True, noise),
-                          AudioDataset(val, classes, cfg, False) if val else None, classes)
+        noise = noise_files(cfg.train) if train and cfg.train and Path(cfg.train).is_dir() else []
+
+        def make(samples: list[Sample], classes: list[str], part: str) -> AudioDataset:
+            if part == "train":
+                return AudioDataset(samples, classes, cfg, True, noise)
+            return AudioDataset(samples, classes, cfg, False)
+
+        return file_datasets(cfg, train, read_parts, make, TRAIN_HINT,
+                             "a folder, a Speech Commands list or a CSV")
 
     def example_input(self, cfg: TrainConfig, batch: int = 2, generator: torch.Generator | None = None
                       ) -> torch.Tensor:
         """Random normalised features, (batch, in_chans, target_frames, mel_bins)."""
         return torch.randn(batch, cfg.in_chans, cfg.target_frames, cfg.mel_bins, generator=generator)
+
+    def input_contract(self, cfg: TrainConfig) -> dict[str, str]:
+        return dict(input=f"float32 N x {cfg.in_chans} x {cfg.target_frames} x {cfg.mel_bins}: log-mel "
+                          "features, frames down the rows",
+                    preprocessing=f"mix to mono; resample to {cfg.sample_rate} Hz; remove the mean; "
+                                  f"Kaldi log-mel filterbank ({cfg.mel_bins} bins, {FRAME_MS:g} ms frames "
+                                  f"every {SHIFT_MS:g} ms); pad or crop to {cfg.target_frames} frames; "
+                                  f"(x - {cfg.audio_mean}) / (2 x {cfg.audio_std}); the same map in "
+                                  f"each of the {cfg.in_chans} channel(s)",
+                    output=f"N x {len(cfg.classes or [])} class logits "
+                           f"({'sigmoid' if cfg.loss == 'bce' else 'softmax'} for probabilities)")
 
     def load(self, path: str | Path, cfg: TrainConfig) -> torch.Tensor:
         """The evaluation input of one clip for `predict`."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import stratified_split
+from .files import stratified_split
 
 
 def write_digits_dataset(root: str | Path, size: int = 32, seed: int = 0, val_fraction: float = 0.2,
@@ -15,7 +15,7 @@ def write_digits_dataset(root: str | Path, size: int = 32, seed: int = 0, val_fr
 
     The 8x8 images (ink 0..16, white on black) are scaled to 0..255 and upsampled with Pillow's
     bicubic filter. The split is stratified per digit (`val_fraction` of each, from `seed`, via the
-    image modality's `stratified_split`), so it is the same on every machine. File names are the
+    shared `files.stratified_split`), so it is the same on every machine. File names are the
     sample's index in `sklearn.datasets.load_digits()`. Existing train/val folders are an error
     unless `overwrite=True`, which deletes them first.
     """

@@ -6,9 +6,8 @@ reproducible.
 """
 from __future__ import annotations
 
-import csv
 import re
-from contextlib import contextmanager
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -16,31 +15,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..engine.classification import Classification
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
 from ..engine.config import TrainConfig
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
-from .base import DataBundle, Modality, Skipped, register_modality
+from ..engine.data import DataBundle, Skipped
+from ..engine.plugin import register_plugin
+from ..models import registry
+from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
+from . import files
+from .files import Sample, file_datasets, folder_or_csv, one_thread
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-CSV_HEADER_NAMES = {"path", "file", "filename", "filepath", "image", "img", "video", "clip", "audio"}
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-Sample = tuple[str, int]
 
 
 # ----------------------------------------------------------------------------- decoding
-
-@contextmanager
-def one_thread():
-    """Run per-sample work on one intra-op thread: on small tensors a thread pool costs more than
-    it saves (training transform at 32 px: 27 ms with 2 threads vs 3 ms with 1, on 2 busy cores)."""
-    n = torch.get_num_threads()
-    if n > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n > 1:
-            torch.set_num_threads(n)
-
 
 def read_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
     """Decode a file to a float (C, H, W) tensor in [0, 1]; RGB, or grayscale when in_chans == 1.
@@ -71,10 +60,8 @@ def read_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
 
 def resolve_mean_std(cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """cfg.mean/std, else the model's pretrained cfg, else ImageNet; averaged to one channel if in_chans == 1."""
-    from ..models.registry import get_pretrained_cfg
-
     try:
-        pcfg = get_pretrained_cfg(cfg.model)
+        pcfg = registry.get_pretrained_cfg(cfg.model)
         mean, std = tuple(pcfg.mean), tuple(pcfg.std)
     except ValueError:  # not a registry model: ImageNet statistics
         mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -215,114 +202,43 @@ class ImageDataset(Dataset):
             return self.transform(x), label
 
 
-def _check_classes(found: list[str], classes: list[str], where: str, source: str) -> None:
-    extra = [c for c in found if c not in classes]
-    if extra:
-        raise ValueError(f"{where}: class(es) {extra} are not in {source} {classes}; "
-                         f"remove them or fix the class list")
+def load_samples(path: str | Path, classes: list[str] | None,
+                 source: str = "the class list") -> tuple[list[Sample], list[str]]:
+    """An image folder (one subfolder per class) or a CSV of path,label -> (samples, classes)."""
+    return files.load_samples(path, classes, source, EXTENSIONS, "images", "<image>")
 
 
-def scan_folder(root: Path, classes: list[str] | None, source: str, extensions=EXTENSIONS,
-                kind: str = "images", example: str = "<image>",
-                skip: tuple[str, ...] = (".",)) -> tuple[list[Sample], list[str]]:
-    """root/<class>/**/<file> -> samples and classes (sorted folder names unless given); files with
-    `extensions` count, folders whose name starts with one of `skip` are not classes. `kind` and
-    `example` word the errors (e.g. "videos", "<clip>.mp4")."""
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(skip))
-    if not dirs:
-        raise ValueError(f"{root}: no {kind} found; expected one subfolder per class "
-                         f"({root}/<class_name>/{example}) or a CSV of path,label")
-    found = [d.name for d in dirs]
-    if classes is None:
-        classes = found
-    else:
-        _check_classes(found, classes, str(root), source)
-    index = {c: i for i, c in enumerate(classes)}
-    samples: list[Sample] = []
-    for d in dirs:
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in extensions and p.is_file()
-                       and not p.name.startswith("."))
-        if not files:
-            raise ValueError(f"{d}: class folder has no {kind} ({' '.join(extensions)}); "
-                             f"add {kind} or remove the folder")
-        samples += [(str(p), index[d.name]) for p in files]
-    return samples, classes
+# ----------------------------------------------------------------------------- command line
+
+def _make_digits(args) -> int:
+    """scikit-learn's 1,797 8x8 handwritten digits (bundled, no download) as grayscale PNGs in
+    OUT/train and OUT/val, one folder per digit, split per digit."""
+    from .digits import write_digits_dataset
+
+    counts = write_digits_dataset(args.output, size=args.size, seed=args.seed,
+                                  val_fraction=args.val_fraction, overwrite=args.overwrite)
+    sys.stdout.write(f"wrote {counts['train']} training and {counts['val']} validation digits "
+                     f"({args.size}x{args.size} PNGs) to {args.output}/train and {args.output}/val\n")
+    return 0
 
 
-def read_csv(path: Path, classes: list[str] | None, source: str,
-             kind: str = "images") -> tuple[list[Sample], list[str]]:
-    """A CSV of path,label (optional header; relative paths against the CSV's folder)."""
-    rows: list[tuple[int, str, str]] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{path}, line {line}: expected 2 columns 'path,label', got {row}")
-            p, label = row[0].strip(), row[1].strip()
-            if not rows and line == 1 and p.lower() in CSV_HEADER_NAMES:
-                continue  # header
-            rows.append((line, p, label))
-    if not rows:
-        raise ValueError(f"{path}: the CSV lists no {kind}; expected lines of path,label")
-    if classes is None:
-        classes = sorted({label for _, _, label in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    samples: list[Sample] = []
-    missing = []
-    for line, p, label in rows:
-        if label not in index:
-            raise ValueError(f"{path}, line {line}: label {label!r} is not in {source} {classes}; "
-                             f"fix the label or the class list")
-        file = Path(p) if Path(p).is_absolute() else path.parent / p
-        if not file.is_file():
-            missing.append((line, file))
-        samples.append((str(file), index[label]))
-    if missing:
-        line, file = missing[0]
-        raise ValueError(f"{path}, line {line}: file {file} does not exist ({len(missing)} missing "
-                         f"file(s) in all); relative paths are resolved against the CSV's folder")
-    return samples, classes
+DIGITS = Command("digits", "write scikit-learn's handwritten digits as PNGs in OUT/train and OUT/val",
+                 _make_digits, [
+    arg("output", metavar="OUT", help="folder to write OUT/{train,val}/<digit>/<index>.png"),
+    arg("--size", type=positive_int, default=32, metavar="N", help="image side in pixels (default 32)"),
+    arg("--val-fraction", type=float, default=0.2, metavar="F",
+        help="fraction of each digit in OUT/val (default 0.2)"),
+    RANDOM_SEED,
+    arg("--overwrite", action="store_true", help="replace existing OUT/train and OUT/val"),
+], _make_digits.__doc__)
 
 
-def load_samples(path: str | Path, classes: list[str] | None, source: str = "the class list",
-                 extensions=EXTENSIONS, kind: str = "images",
-                 example: str = "<image>") -> tuple[list[Sample], list[str]]:
-    """A folder or a CSV -> (samples, classes); `source` names where a fixed class list came from."""
-    p = Path(path)
-    if p.is_dir():
-        return scan_folder(p, classes, source, extensions, kind, example)
-    if p.is_file():
-        return read_csv(p, classes, source, kind)
-    raise ValueError(f"{p} does not exist; pass a folder with one subfolder per class or a CSV "
-                     f"of path,label")
-
-
-def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out round(fraction * n) of each class (at least 1 when a class has 2+ samples)."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"val_split={fraction} must be in [0, 1)")
-    if fraction == 0:
-        return samples, []
-    by_class: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_class.setdefault(s[1], []).append(s)
-    g = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for c in sorted(by_class):
-        items = by_class[c]
-        n_val = min(max(round(fraction * len(items)), 1), len(items) - 1)
-        order = torch.randperm(len(items), generator=g).tolist()
-        val += [items[i] for i in sorted(order[:n_val])]
-        train += [items[i] for i in sorted(order[n_val:])]
-    return train, val
-
-
-@register_modality
-class ImageModality(Modality):
+@register_plugin
+class ImageModality(Classification):
     """Images: ImageFolder or CSV datasets, RGB/grayscale decoding, timm-style augmentation."""
 
     name = "image"
+    data_generators = (DIGITS,)
     extensions = EXTENSIONS
 
     def datasets(self, cfg: TrainConfig, train: bool = True) -> DataBundle:
@@ -330,25 +246,23 @@ class ImageModality(Modality):
         if cfg.in_chans not in (1, 3):
             raise ValueError(f"in_chans={cfg.in_chans}: images decode to 3 (RGB) or 1 (grayscale) channels")
 
-        def make(samples: list[Sample], classes: list[str], is_train: bool) -> ImageDataset:
-            return ImageDataset(samples, classes, build_transform(cfg, is_train), cfg.in_chans, cfg.strict)
+        def make(samples: list[Sample], classes: list[str], part: str) -> ImageDataset:
+            return ImageDataset(samples, classes, build_transform(cfg, part == "train"), cfg.in_chans,
+                                cfg.strict)
 
-        if not train:
-            path = cfg.val or cfg.train
-            if not path:
-                raise ValueError("no data to evaluate: pass a folder or CSV (val=PATH)")
-            samples, classes = load_samples(path, cfg.classes, "the checkpoint's classes")
-            return DataBundle(None, make(samples, classes, False), classes)
-        if not cfg.train:
-            raise ValueError("no training data: set train=PATH (a folder with one subfolder per "
-                             "class, or a CSV of path,label)")
-        samples, classes = load_samples(cfg.train, cfg.classes, "the configured classes")
-        if cfg.val:
-            val, _ = load_samples(cfg.val, classes, "the training classes")
-        else:
-            samples, val = stratified_split(samples, cfg.val_split, cfg.seed)
-        return DataBundle(make(samples, classes, True), make(val, classes, False) if val else None,
-                          classes)
+        return file_datasets(cfg, train, folder_or_csv(EXTENSIONS, "images", "<image>"), make,
+                             "a folder with one subfolder per class, or a CSV of path,label",
+                             "a folder or CSV")
+
+    def input_contract(self, cfg: TrainConfig) -> dict[str, str]:
+        mean, std = resolve_mean_std(cfg)
+        side, short = cfg.input_size, max(int(cfg.input_size / cfg.crop_pct), cfg.input_size)
+        return dict(input=f"float32 N x {cfg.in_chans} x {side} x {side}, one image per row",
+                    preprocessing=f"decode to {'RGB' if cfg.in_chans == 3 else 'grayscale'} in [0, 1]; "
+                                  f"resize the short side to {short} ({cfg.interpolation}, antialiased); "
+                                  f"centre-crop {side} x {side}; subtract mean {list(mean)}, divide by "
+                                  f"std {list(std)}",
+                    output=f"N x {len(cfg.classes or [])} class logits")
 
     def load(self, path: str | Path, cfg: TrainConfig) -> torch.Tensor:
         """One eval-transformed (C, H, W) tensor for `predict`."""

@@ -15,7 +15,9 @@ torch's global RNG, so the engine's per-sample seeding makes runs reproducible.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.config import TrainConfig
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
-from .base import DataBundle, Modality, Skipped, register_modality
-from .image import one_thread, read_csv, stratified_split
+from ..engine.classification import Classification
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
+from ..engine.config import TrainConfig, option
+from ..engine.data import DataBundle, Skipped
+from ..engine.plugin import register_plugin
+from ..models.registry import create_model
+from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
+from .files import Sample, check_classes, file_datasets, one_thread, read_csv
 
 
 MESH_EXTENSIONS = (".off", ".obj", ".stl", ".ply")
@@ -39,7 +45,6 @@ EXTENT = 1.25  # the views show [-EXTENT, EXTENT]^2: the unit sphere fills 80% o
 ELEVATION = math.radians(30.0)  # the views look down on the shape by 30 degrees
 SPLAT = torch.tensor([1.0, 2.0, 1.0])[:, None] * torch.tensor([1.0, 2.0, 1.0]) / 16  # mass 1
 DECODER_WIDTH = 32
-Sample = tuple[str, int]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -431,10 +436,7 @@ class PointCloudDataset(Dataset):
 def _class_index(found: list[str], classes: list[str] | None, where: str, source: str) -> list[str]:
     if classes is None:
         return found
-    extra = [c for c in found if c not in classes]
-    if extra:
-        raise ValueError(f"{where}: class(es) {extra} are not in {source} {classes}; remove them "
-                         "or fix the class list")
+    check_classes(found, classes, where, source)
     return classes
 
 
@@ -531,13 +533,62 @@ def load_split(path: str | Path, split: str, classes: list[str] | None,
     return (*scan_folders(p, None, classes, source), False)
 
 
+def read_layout(path: str | Path, part: str, classes: list[str] | None,
+                source: str) -> tuple[list[Sample], list[str], bool]:
+    """The `files.Reader` of point clouds: a layout's test split serves as validation and test."""
+    return load_split(path, "train" if part == "train" else "test", classes, source)
+
+
 # ----------------------------------------------------------------------------- modality
 
-@register_modality
-class PointCloudModality(Modality):
+# ----------------------------------------------------------------------------- command line
+
+def _make_shapes(args) -> int:
+    """7 classes (annulus, box, capsule, cone, cylinder, sphere, torus) with random size, aspect,
+    rotation about the up (z) axis, a small tilt and vertex noise."""
+    from .shapes_data import CLASSES, make_shapes
+
+    out = make_shapes(args.output, args.per_class, args.seed, args.fmt)
+    sys.stdout.write(f"wrote {args.per_class * len(CLASSES)} shapes ({args.fmt}) in {len(CLASSES)} "
+                     f"classes to {out}\n")
+    return 0
+
+
+SHAPES = Command("shapes", "write labelled 3-D shapes (trimesh primitives) as .off/.ply/.obj/.stl "
+                           "meshes in the ModelNet40 layout, or .txt points in the resampled layout",
+                 _make_shapes, [
+    arg("output", metavar="OUT", help="folder: OUT/<class>/train|test/<class>_NNNN.<ext> (txt: "
+        "OUT/shape_names.txt, OUT/shapes_train|test.txt, OUT/<class>/<id>.txt)"),
+    arg("--per-class", type=positive_int, default=20, metavar="N",
+        help="shapes per class, a quarter of them in the test split (default 20)"),
+    RANDOM_SEED,
+    arg("--format", dest="fmt", choices=("off", "ply", "mixed", "txt"), default="off",
+        help="off or ply meshes, mixed (off/ply/obj/stl in turn), or txt x,y,z,nx,ny,nz points "
+             "(default off)"),
+], _make_shapes.__doc__)
+
+
+@dataclass
+class PointCloudOptions:
+    """The point-cloud plug-in's options: sampling, views, neighbours, copies, rotation."""
+
+    num_points: int = option(1024, "points per cloud after farthest-point sampling (the paper: 4096)")
+    mesh_points: int = option(10000, "points sampled uniformly on a mesh's surface before farthest-point sampling")
+    views: int = option(4, "rendered views per cloud (authors' code 4, paper 3); the grid side is input_size")
+    knn: int = option(32, "neighbours of the DGCNN edge features")
+    view_fusion: bool = option(False, "add a residual 1x1 conv across the views' decoder features")
+    test_copies: int = option(8, "rotated copies (about the up axis) averaged by validation, eval and predict")
+    point_rotation: str = option("up", "training rotation: up (about up_axis), so3 (any) or none")
+    up_axis: str = option("z", "the shapes' up axis: z (ModelNet40 meshes), y (resampled .txt) or x")
+
+
+@register_plugin
+class PointCloudModality(Classification):
     """Point clouds and meshes: ModelNet40 layouts, V-view rendering front end, rotated test copies."""
 
     name = "pointcloud"
+    options = PointCloudOptions
+    data_generators = (SHAPES,)
     extensions = EXTENSIONS
     eval_copies = True
 
@@ -546,32 +597,16 @@ class PointCloudModality(Modality):
         a layout without splits); with train=False only the eval set (the test split of a layout)."""
         _check_config(cfg)
 
-        def make(samples: list[Sample], classes: list[str], is_train: bool) -> PointCloudDataset:
+        def make(samples: list[Sample], classes: list[str], part: str) -> PointCloudDataset:
+            is_train = part == "train"
             return PointCloudDataset(samples, classes, cfg, is_train,
                                      None if is_train else cfg.test_copies)
 
-        if not train:
-            path = cfg.val or cfg.train
-            if not path:
-                raise ValueError("no data to evaluate: pass a folder or CSV (val=PATH)")
-            samples, classes, _ = load_split(path, "test", cfg.classes, "the checkpoint's classes")
-            return DataBundle(None, make(samples, classes, False), classes)
-        if not cfg.train:
-            raise ValueError("no training data: set train=PATH (ModelNet40 folder, resampled "
-                             "folder, class-per-folder tree or CSV of path,label)")
-        samples, classes, has_splits = load_split(cfg.train, "train", cfg.classes, "the configured classes")
-        if cfg.val:
-            val, _, _ = load_split(cfg.val, "test", classes, "the training classes")
-        elif has_splits:
-            val, _, _ = load_split(cfg.train, "test", classes, "the training classes")
-        else:
-            samples, val = stratified_split(samples, cfg.val_split, cfg.seed)
-        return DataBundle(make(samples, classes, True), make(val, classes, False) if val else None,
-                          classes)
+        return file_datasets(cfg, train, read_layout, make,
+                             "ModelNet40 folder, resampled folder, class-per-folder tree or CSV of "
+                             "path,label", "a folder or CSV")
 
     def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module:
-        from ..models.registry import create_model
-
         _check_config(cfg)
         backbone = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=0, in_chans=3,
                                 drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
@@ -592,6 +627,16 @@ class PointCloudModality(Modality):
         """Random clouds on the unit sphere, (batch, num_points, 3)."""
         x = torch.randn(batch, cfg.num_points, 3, generator=generator)
         return x / x.norm(dim=-1, keepdim=True)
+
+    def input_contract(self, cfg: TrainConfig) -> dict[str, str]:
+        return dict(input=f"float32 N x {cfg.num_points} x 3: x, y, z of one cloud per row",
+                    preprocessing=f"read the points (a mesh: {cfg.mesh_points} points sampled on its "
+                                  f"surface); farthest-point sample {cfg.num_points}; centre and scale "
+                                  f"into the unit sphere. The graph renders {cfg.views} views itself. "
+                                  f"eval and predict average the softmax over {cfg.test_copies} copies "
+                                  f"rotated about the {cfg.up_axis} axis (rows of the batch), outside "
+                                  "the graph",
+                    output=f"N x {len(cfg.classes or [])} class logits")
 
     def load(self, path: str | Path, cfg: TrainConfig) -> torch.Tensor:
         """The `test_copies` rotated copies (copies, num_points, 3) of one unit-sphere cloud, for

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..engine.config import TrainConfig
-from .base import DataBundle, Modality, collate, register_modality
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
+from ..engine.config import TrainConfig, option
+from ..engine.data import DataBundle
+from ..engine.metrics import regression_errors
+from ..engine.plugin import Plugin, register_plugin
+from ..models.registry import create_model
 
 log = logging.getLogger(__name__)
 
@@ -414,11 +419,90 @@ def plot_forecast(path: Path, history_t, history: np.ndarray, future_t, forecast
 
 # ----------------------------------------------------------------------------- modality
 
-@register_modality
-class TimeSeriesModality(Modality):
+class ForecastMetrics:
+    """The forecasting task's metrics: MSE/MAE of the forecasts and, on the same windows, of the
+    last-value, seasonal-naive and linear baselines (all in the scaler's units)."""
+
+    def __init__(self, dataset: WindowDataset) -> None:
+        self.dataset = dataset
+        self.preds: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.preds.append(outputs)
+        self.targets.append(targets.float())
+
+    def compute(self) -> dict:
+        pred, y = torch.cat(self.preds), torch.cat(self.targets)
+        errors = regression_errors(pred, y)
+        metrics = dict(loss=errors["mse"], **errors, n=len(y), season=self.dataset.season)
+        x, y_windows = self.dataset.windows()
+        for name, p in self.dataset.baselines(x).items():
+            for key, value in regression_errors(p, y_windows).items():
+                metrics[f"{name}_{key}"] = value
+        metrics["mse_per_variable"] = ((pred - y) ** 2).mean((0, 1)).tolist()
+        return metrics
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _make_series(args) -> int:
+    """Generated data: hourly from 2024-01-01, variable v = level + trend + daily cycle (weaker at
+    weekends) + weekly cycle + AR(1) noise + half of variable v-1 three hours earlier."""
+    from .series_data import GOOG_COLUMNS, goog_series, make_series, write_series_csv
+
+    if args.goog:
+        times, values = goog_series()
+        columns = list(GOOG_COLUMNS)
+    else:
+        times, values = make_series(args.length, args.variables, args.seed)
+        columns = [f"s{v}" for v in range(args.variables)]
+    path = write_series_csv(args.output, times, values, columns)
+    sys.stdout.write(f"wrote {path}: {len(values)} rows x {len(columns)} variables "
+                     f"({times[0]} .. {times[-1]})\n")
+    return 0
+
+
+SERIES = Command("series", "write a multivariate hourly series CSV (daily + weekly seasons, trend, "
+                           "coupling, noise), or the real GOOG daily prices with --goog", _make_series, [
+    arg("output", metavar="OUT.csv", help="CSV to write: a date column and one column per variable"),
+    arg("--length", type=positive_int, default=2000, metavar="N", help="time steps (default 2000)"),
+    arg("--variables", type=positive_int, default=3, metavar="V", help="variables (default 3)"),
+    RANDOM_SEED,
+    arg("--goog", action="store_true", help="write matplotlib's bundled GOOG daily open/high/low/close "
+        "(2004-08-19 .. 2008-10-14, 1047 trading days) instead"),
+], _make_series.__doc__)
+
+
+@dataclass
+class ForecastOptions:
+    """The forecasting plug-in's options: windows, columns, split and embedding."""
+
+    lookback: int = option(96, "input steps L per window")
+    horizon: int = option(24, "forecast steps H")
+    time_column: str | None = option(None, "the timestamp column (default: the first named date/time/timestamp/datetime)")
+    targets: list[str] | None = option(None, "variable columns to forecast (default: every other column)")
+    split_fractions: tuple[float, float, float] = option((0.7, 0.1, 0.2), "chronological train/val/test fractions, as a,b,c")
+    missing: str = option("error", "missing values: error, or interpolate (linear in time)")
+    embed_dim: int = option(64, "embedding width D' per step; the L x D' embedding is zero-padded to a square map")
+    window_stride: int = option(1, "step between training windows")
+    season: int | None = option(None, "seasonal-naive period (default: from the timestamps, 24 hourly, 7 daily)")
+
+
+@register_plugin
+class TimeSeriesModality(Plugin):
     """Multivariate forecasting: CSV/NPY series, RevIN + embedding map + UniRepLKNet, MSE/MAE."""
 
     name = "timeseries"
+    options = ForecastOptions
+    data_generators = (SERIES,)
+    predict_arguments = (
+        arg("--horizon", type=positive_int, default=None, metavar="H",
+            help="time series: steps to forecast (default: the trained horizon)"),
+        arg("--backtest", action="store_true",
+            help="time series: forecast the last H known steps instead of the future, and plot and "
+                 "score them against the truth"),
+    )
     extensions = EXTENSIONS
     metric = "mse"
     higher_is_better = False
@@ -483,13 +567,22 @@ class TimeSeriesModality(Modality):
         marks = torch.rand(batch, cfg.lookback, 4, generator=generator) - 0.5
         return torch.cat([values, marks], dim=-1)
 
+    def input_contract(self, cfg: TrainConfig) -> dict[str, str]:
+        variables = len(cfg.classes or []) or 1
+        return dict(input=f"float32 N x {cfg.lookback} x {variables + N_TIME_FEATURES}: {cfg.lookback} "
+                          f"steps of the {variables} variable(s) {cfg.classes}, then {N_TIME_FEATURES} "
+                          "time features (hour of day, day of week, day of month, day of year, each "
+                          "in [-0.5, 0.5]; 0 without timestamps)",
+                    preprocessing="standardise each variable with the training scaler stored in the "
+                                  "weights (scaler_mean, scaler_std)",
+                    output=f"N x {cfg.horizon} x {variables} forecast in the same standardised units: "
+                           "multiply by scaler_std and add scaler_mean")
+
     def load(self, path, cfg: TrainConfig) -> torch.Tensor:
         raise ValueError(f"{path}: time series are forecast with `largekernel predict` (a whole file), "
                          "not classified")
 
     def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module:
-        from ..models.registry import create_model
-
         self._check(cfg)
         backbone = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=0, in_chans=1,
                                 drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
@@ -507,38 +600,21 @@ class TimeSeriesModality(Modality):
         return F.mse_loss(output.float(), target)
 
     # ---- evaluation ------------------------------------------------------------------------------
-    @torch.no_grad()
+    def task_metrics(self, cfg: TrainConfig, classes: list[str], dataset: WindowDataset) -> ForecastMetrics:
+        return ForecastMetrics(dataset)
+
     def evaluate(self, model: nn.Module, dataset: WindowDataset, cfg: TrainConfig, classes: list[str],
                  device: torch.device, batch_size: int | None = None) -> dict:
-        """MSE/MAE (scaled units, the benchmarks' convention) of the model and the baselines."""
-        from ..engine.evaluate import autocast_context
-
-        if hasattr(model, "scaler_mean"):  # score in the checkpoint's units
+        """MSE/MAE (scaled units, the benchmarks' convention) of the model and the baselines, in
+        the units of the checkpoint's scaler."""
+        if hasattr(model, "scaler_mean"):
             mean, std = model.scaler_mean.cpu().numpy(), model.scaler_std.cpu().numpy()
             if not (np.array_equal(mean, dataset.mean) and np.array_equal(std, dataset.std)):
                 dataset.set_scaler(mean, std)
-        loader = DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False,
-                            collate_fn=collate)
-        was_training = model.training
-        model.eval()
-        preds = []
-        for batch in loader:
-            with autocast_context(cfg.amp, device):
-                preds.append(model(batch["x"].to(device)).float().cpu())
-        model.train(was_training)
-        pred = torch.cat(preds)
-        x, y = dataset.windows()
-        metrics = dict(loss=F.mse_loss(pred, y).item(), mse=F.mse_loss(pred, y).item(),
-                       mae=F.l1_loss(pred, y).item(), n=len(dataset), season=dataset.season)
-        for name, p in dataset.baselines(x).items():
-            metrics[f"{name}_mse"] = F.mse_loss(p, y).item()
-            metrics[f"{name}_mae"] = F.l1_loss(p, y).item()
-        metrics["mse_per_variable"] = ((pred - y) ** 2).mean((0, 1)).tolist()
-        metrics["skipped"] = []
-        return metrics
+        return super().evaluate(model, dataset, cfg, classes, device, batch_size)
 
     def report(self, metrics: dict, classes: list[str], out: Path) -> str:
-        from ..tools.table import format_table
+        from ..engine.table import format_table
 
         rows = [["UniRepLKNet", f"{metrics['mse']:.4f}", f"{metrics['mae']:.4f}"]]
         names = {"linear": "linear (DLinear-style)",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..engine.config import TrainConfig
-from .base import DataBundle, Modality, Skipped, register_modality
-from . import image
-from .image import one_thread, resolve_mean_std, stratified_split
+from ..engine.classification import Classification
+from ..engine.commands import RANDOM_SEED, Command, arg, positive_int
+from ..engine.config import TrainConfig, option
+from ..engine.data import DataBundle, Skipped
+from ..engine.plugin import register_plugin
+from .files import Sample, file_datasets, folder_or_csv, one_thread
+from .image import resolve_mean_std
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,6 @@ EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 SAMPLINGS = ("dense", "uniform")
 SHORT_CLIPS = ("loop", "pad")
 LAYOUTS = ("mosaic", "reshape")
-Sample = tuple[str, int]
 _warned: set[str] = set()  # files already warned about (short clips), per process
 
 
@@ -295,17 +299,56 @@ class VideoDataset(Dataset):
                 return Skipped(str(path), str(e).removeprefix(f"{path}: "))
 
 
-def load_samples(path: str | Path, classes: list[str] | None,
-                 source: str = "the class list") -> tuple[list[Sample], list[str]]:
-    """A folder of class folders or a CSV of path,label -> (samples, classes)."""
-    return image.load_samples(path, classes, source, EXTENSIONS, "videos", "<clip>.mp4")
+# ----------------------------------------------------------------------------- command line
+
+def _make_clips(args) -> int:
+    """Render clips with numpy and encode them with PyAV (libx264, else mpeg4): 4 classes whose
+    label is the motion (down, grow, shrink, up) or, with --task shape, the shape; random
+    colours, position and speed."""
+    from .clips_data import make_clips, task_classes
+
+    out = make_clips(args.output, args.per_class, args.frames, args.size, args.seed, args.task)
+    n = len(task_classes(args.task))
+    sys.stdout.write(f"wrote {args.per_class * n} clips ({args.frames} frames, "
+                     f"{args.size}x{args.size}) in {n} {args.task} classes to {out}, list {out / 'clips.csv'}\n")
+    return 0
 
 
-@register_modality
-class VideoModality(Modality):
+CLIPS = Command("clips", "write synthetic mp4 clips (a shape moving up/down, growing/shrinking) "
+                         "in class folders plus clips.csv", _make_clips, [
+    arg("output", metavar="OUT", help="folder to write OUT/<class>/NNN.mp4 and OUT/clips.csv"),
+    arg("--per-class", type=positive_int, default=20, metavar="N", help="clips per class (default 20)"),
+    arg("--frames", type=positive_int, default=16, metavar="F", help="frames per clip (default 16)"),
+    arg("--size", type=positive_int, default=64, metavar="S", help="frame size, even (default 64)"),
+    RANDOM_SEED,
+    arg("--task", choices=["motion", "shape"], default="motion",
+        help="the class is the motion (down/grow/shrink/up; default) or the shape "
+             "(cross/diamond/disc/square)"),
+], _make_clips.__doc__)
+
+
+@dataclass
+class VideoOptions:
+    """The video plug-in's options: frame sampling, layout and test views."""
+
+    frames: int = option(16, "frames per clip T; a perfect square (4, 9, 16, 25) for the one-image layouts")
+    frame_stride: int = option(4, "step between sampled frames with sampling dense")
+    sampling: str = option("dense", "dense (T frames at frame_stride) or uniform (T frames spread over the clip)")
+    short_clip: str = option("loop", "a clip with too few frames: loop it, or pad with its last frame (warned per file)")
+    layout: str = option("mosaic", "frames -> one image: mosaic (sqrt(T) x sqrt(T) grid) or reshape (the authors')")
+    val_clips: int = option(1, "temporal clips averaged by validation during training")
+    val_crops: int = option(1, "spatial crops per clip averaged by validation during training")
+    test_clips: int = option(5, "temporal clips averaged by eval and predict (the authors: 5)")
+    test_crops: int = option(3, "spatial crops per clip averaged by eval and predict (the authors: 3)")
+
+
+@register_plugin
+class VideoModality(Classification):
     """Video clips: class-per-folder or CSV datasets, PyAV decoding, clips laid out as one image."""
 
     name = "video"
+    options = VideoOptions
+    data_generators = (CLIPS,)
     extensions = EXTENSIONS
     eval_copies = True
 
@@ -314,23 +357,37 @@ class VideoModality(Modality):
         views, `eval` (train=False) test_clips x test_crops."""
         check_config(cfg)
         _av()
-        if not train:
-            path = cfg.val or cfg.train
-            if not path:
-                raise ValueError("no data to evaluate: pass a folder or CSV of videos (val=PATH)")
-            samples, classes = load_samples(path, cfg.classes, "the checkpoint's classes")
-            return DataBundle(None, VideoDataset(samples, classes, cfg, False, cfg.test_clips,
-                                                 cfg.test_crops), classes)
-        if not cfg.train:
-            raise ValueError("no training data: set train=PATH (a folder with one subfolder of "
-                             "videos per class, or a CSV of path,label)")
-        samples, classes = load_samples(cfg.train, cfg.classes, "the configured classes")
-        if cfg.val:
-            val, _ = load_samples(cfg.val, classes, "the training classes")
-        else:
-            samples, val = stratified_split(samples, cfg.val_split, cfg.seed)
-        val_set = VideoDataset(val, classes, cfg, False, cfg.val_clips, cfg.val_crops) if val else None
-        return DataBundle(VideoDataset(samples, classes, cfg, True), val_set, classes)
+
+        def make(samples: list[Sample], classes: list[str], part: str) -> VideoDataset:
+            if part == "train":
+                return VideoDataset(samples, classes, cfg, True)
+            views = (cfg.val_clips, cfg.val_crops) if part == "val" else (cfg.test_clips, cfg.test_crops)
+            return VideoDataset(samples, classes, cfg, False, *views)
+
+        return file_datasets(cfg, train, folder_or_csv(EXTENSIONS, "videos", "<clip>.mp4"), make,
+                             "a folder with one subfolder of videos per class, or a CSV of path,label",
+                             "a folder or CSV of videos")
+
+    def example_input(self, cfg: TrainConfig, batch: int = 2, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+        """Random laid-out clips, (batch, 3, s*S, s*S) with s = sqrt(frames), S = input_size."""
+        side = grid_side(cfg.frames) * cfg.input_size
+        return torch.randn(batch, 3, side, side, generator=generator)
+
+    def input_contract(self, cfg: TrainConfig) -> dict[str, str]:
+        mean, std = resolve_mean_std(cfg)
+        s, size = grid_side(cfg.frames), cfg.input_size
+        frames = (f"{cfg.frames} frames {cfg.frame_stride} apart" if cfg.sampling == "dense"
+                  else f"{cfg.frames} frames spread over the clip")
+        return dict(input=f"float32 N x 3 x {s * size} x {s * size}: {cfg.frames} RGB frames of "
+                          f"{size} x {size} laid out as one image ({cfg.layout}, {s} x {s})",
+                    preprocessing=f"decode; sample {frames}; scale to [0, 1]; resize the short side "
+                                  f"to {max(round(size / cfg.crop_pct), size)}; crop {size} x {size}; "
+                                  f"subtract mean {list(mean)}, divide by std {list(std)}; lay out "
+                                  f"the frames. eval and predict average the "
+                                  f"softmax over {cfg.test_clips} clips x {cfg.test_crops} crops "
+                                  "(rows of the batch), outside the graph",
+                    output=f"N x {len(cfg.classes or [])} class logits")
 
     def load(self, path: str | Path, cfg: TrainConfig) -> torch.Tensor:
         """The test_clips x test_crops views (V, 3, s*S, s*S) of one file, for `predict`."""

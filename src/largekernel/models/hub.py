@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .registry import PretrainedCfg
+from .weights import PretrainedCfg
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import reparameterize as fold_model
-from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

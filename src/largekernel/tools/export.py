@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,6 +42,8 @@ class ExportResult:
     `max_abs_diff`: per output, artefact vs the exported (deploy-form) PyTorch model.
     `max_abs_diff_source`: per output, artefact vs the model as given, when it was folded first.
     `ok`: every difference <= atol; None when not verified.
+    `input_contract`: what the graph takes and which preprocessing stays outside it (from the
+    plug-in), also written into the file's metadata.
     """
 
     path: str
@@ -63,6 +66,7 @@ class ExportResult:
     seconds_prepare: float = 0.0
     seconds_export: float = 0.0
     seconds_verify: float = 0.0
+    input_contract: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,7 +215,8 @@ def _param_bytes(model: nn.Module) -> int:
 
 # ---- export and verification ---------------------------------------------------------------------
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, names: list[str]) -> list[Path]:
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, names: list[str],
+                 contract: dict[str, str] | None = None) -> list[Path]:
     from torch.export import Dim
 
     external = _param_bytes(model) > ONNX_INLINE_LIMIT
@@ -221,15 +226,28 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, names: list[str]
         torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False,
                           dynamic_shapes=({0: Dim("batch")},), input_names=["input"],
                           output_names=names, external_data=external)
+    if contract:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        for key, value in contract.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = f"largekernel.{key}", str(value)
+        onnx.save(proto, str(path))
     return [path] + ([data] if data.is_file() else [])
 
 
-def _export_torch(model: nn.Module, x: torch.Tensor, path: Path) -> list[Path]:
+CONTRACT_FILE = "largekernel_contract.json"  # inside a .pt2 (torch.export.load's extra_files)
+
+
+def _export_torch(model: nn.Module, x: torch.Tensor, path: Path,
+                  contract: dict[str, str] | None = None) -> list[Path]:
     from torch.export import Dim
 
     with _quiet_exporter():
         ep = torch.export.export(model, (x,), dynamic_shapes=({0: Dim("batch")},))
-        torch.export.save(ep, str(path))
+        extra = {CONTRACT_FILE: json.dumps(contract)} if contract else None
+        torch.export.save(ep, str(path), extra_files=extra)
     return [path]
 
 
@@ -263,7 +281,9 @@ def _max_diffs(names, got, ref) -> dict[str, float]:
 
 def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
                  input_size: int | Sequence[int] | None = None, batch: int = 2, verify: bool = True,
-                 atol: float = 1e-4, verify_batch: int | None = None, seed: int = 0) -> ExportResult:
+                 atol: float = 1e-4, verify_batch: int | None = None, seed: int = 0,
+                 example: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+                 contract: dict[str, str] | None = None) -> ExportResult:
     """Export `model` to `path` (`format` "onnx" -> .onnx, "torch-export" -> .pt2), dynamic batch.
 
     The model is exported in eval mode and inference form (a train-form model is re-parameterized
@@ -271,6 +291,9 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
     the pretrained_cfg's; the example input is `batch` x in_chans x H x W. With `verify`, the file is
     run at batch `verify_batch` (default batch + 1) and compared with the PyTorch model; `ok` says
     whether every max abs difference is <= `atol` (1e-4 suits fp32).
+
+    A plug-in's model gives `example(batch, generator)` (a random batch of its input, which
+    replaces the image-shaped one) and `contract` (stored in the file's metadata and the result).
     """
     path = check_path(path, format)
     check_batch(batch)
@@ -278,11 +301,15 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
     if verify and verify_batch == batch:
         raise ValueError("verify_batch must differ from batch, to show that the batch is dynamic")
     _require(format, verify)
-    h, w = _hw(input_size) if input_size is not None else default_input_size(model)
+    if example is None:
+        h, w = _hw(input_size) if input_size is not None else default_input_size(model)
+        in_chans = int(getattr(model, "in_chans", 3))
+
+        def example(n: int, generator: torch.Generator) -> torch.Tensor:
+            return torch.randn(n, in_chans, h, w, generator=generator)
     ref_param = next(iter(model.parameters()), None)
     device = ref_param.device if ref_param is not None else torch.device("cpu")
     dtype = ref_param.dtype if ref_param is not None else torch.float32
-    in_chans = int(getattr(model, "in_chans", 3))
     names = output_names_of(model)
 
     was_training = model.training
@@ -290,7 +317,7 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
     try:
         deploy, folded = prepare_for_export(model)
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch, in_chans, h, w, generator=gen).to(device, dtype)
+        x = example(batch, gen).to(device, dtype)
         with torch.no_grad():
             example_out = _as_list(deploy(x))
         if len(example_out) != len(names):
@@ -298,11 +325,11 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
         t_prepare = time.perf_counter() - start
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("exporting to %s (%s), input %dx%dx%dx%d, batch dynamic", path, format,
-                 batch, in_chans, h, w)
+        log.info("exporting to %s (%s), input %s, batch dynamic", path, format,
+                 "x".join(map(str, x.shape)))
         start = time.perf_counter()
-        files = (_export_onnx(deploy, x, path, names) if format == "onnx"
-                 else _export_torch(deploy, x, path))
+        files = (_export_onnx(deploy, x, path, names, contract) if format == "onnx"
+                 else _export_torch(deploy, x, path, contract))
         t_export = time.perf_counter() - start
         log.info("exported in %.1f s", t_export)
 
@@ -311,12 +338,12 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
             input_shape=list(x.shape), output_names=names,
             output_shapes=[list(y.shape) for y in example_out], files=[str(f) for f in files],
             size_bytes=sum(f.stat().st_size for f in files), reparameterized=folded, atol=atol,
-            seconds_prepare=t_prepare, seconds_export=t_export)
+            seconds_prepare=t_prepare, seconds_export=t_export, input_contract=contract)
         if not verify:
             return result
 
         start = time.perf_counter()
-        xv = torch.randn(verify_batch, in_chans, h, w, generator=gen).to(device, dtype)
+        xv = example(verify_batch, gen).to(device, dtype)
         got = run_artefact(path, format, xv)
         with torch.no_grad():
             ref = _as_list(deploy(xv))
@@ -348,6 +375,8 @@ def format_export(r: ExportResult) -> str:
              + (f" in {len(r.files)} files" if len(r.files) > 1 else "")
              + f", {r.seconds_export:.1f} s; model: {form})",
              f"input     {r.input_name} {shape(r.input_shape)}  (batch dynamic)"]
+    if r.input_contract:
+        lines += [f"{'contract' if i == 0 else '':<9} {k}: {v}" for i, (k, v) in enumerate(r.input_contract.items())]
     width = max(len(n) for n in r.output_names)
     for i, (n, s) in enumerate(zip(r.output_names, r.output_shapes)):
         lines.append(f"{'outputs' if i == 0 else '':<9} {n:<{width}} {shape(s)}")

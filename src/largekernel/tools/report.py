@@ -20,8 +20,10 @@ from torch import nn
 
 from .. import __version__
 from ..layers import reparameterize, simulate_trained_statistics
+from ..engine.inference import load_trained, records_training
 from ..models.checkpoint import model_from_checkpoint
 from ..models.registry import create_model
+from ..models.unireplknet import UniRepLKNet
 from .erf import THRESHOLDS, ERFResult, compute_erf, format_percent, plot_erf
 from .info import ModelInfo, model_info, resolve_model_names
 
@@ -168,7 +170,12 @@ def model_report(name: str | None = None, checkpoint: str | Path | None = None, 
                  erf_size: int = ERF_SIZE, erf_images: int = ERF_IMAGES, seed: int = 0,
                  num_classes: int | None = None, in_chans: int | None = None) -> ModelReport:
     """Measure one model (`name`, freshly initialised with `seed`) or checkpoint."""
-    if checkpoint is not None:
+    if checkpoint is not None and name is None and records_training(checkpoint):
+        # written by `train`: the plug-in rebuilds its model; the report measures its backbone
+        trained = load_trained(checkpoint)
+        model = next(m for m in trained.model.modules() if isinstance(m, UniRepLKNet))
+        weights = f"checkpoint {checkpoint} (the backbone of its {trained.cfg.modality} model)"
+    elif checkpoint is not None:
         model = model_from_checkpoint(checkpoint, name)
         weights = f"checkpoint {checkpoint}"
     else:
