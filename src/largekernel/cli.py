@@ -367,6 +367,8 @@ def format_summary(s: dict) -> str:
     arg("--output", default=None, metavar="DIR", help="where to write confusion.png and eval.json "
         "(default: next to the checkpoint)"),
     arg("--json", action="store_true", help="print all metrics as JSON"),
+    arg("--missing", choices=("error", "interpolate"), default=None,
+        help="time series: missing values and time steps (default: the training run's choice)"),
 ])
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate with the preprocessing and classes recorded in the checkpoint."""
@@ -378,7 +380,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if trained.modality is None:
         raise ValueError(f"{args.checkpoint} records no training config; evaluate a checkpoint "
                          "written by `largekernel train`")
-    cfg = dataclasses.replace(trained.cfg, val=args.data, train=None, classes=trained.classes)
+    cfg = dataclasses.replace(trained.cfg, val=args.data, train=None, classes=trained.classes,
+                              missing=args.missing or trained.cfg.missing)
     data = trained.modality.datasets(cfg, train=False)
     metrics = trained.modality.evaluate(trained.model, data.val, cfg, trained.classes,
                                         torch.device("cpu"), args.batch_size)
@@ -415,6 +418,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         help="where modalities that write files (time-series forecasts) put them (default: next to "
              "each input)"),
     arg("--json", action="store_true"),
+    arg("--missing", choices=("error", "interpolate"), default=None,
+        help="time series: missing values and time steps (default: the training run's choice)"),
 ])
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict each file; unreadable files are reported by name (exit 1 if none could be read)."""
@@ -431,6 +436,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, None, None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
+    if args.missing:
+        trained.cfg = dataclasses.replace(trained.cfg, missing=args.missing)
     options = dict(horizon=args.horizon, output=args.output, backtest=args.backtest)
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)
