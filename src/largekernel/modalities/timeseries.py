@@ -143,7 +143,8 @@ def read_csv_series(path: Path, time_column: str | None, targets: list[str] | No
     if times is not None:
         times, on_grid = table_io.regular_grid(times, values, path, line0, missing)
         if len(on_grid) > len(values):  # missing steps inserted: interpolate them in time
-            values = _fill_missing(on_grid, columns, missing, str(path), 0, times.astype(np.int64).astype(np.float64))
+            x = times.astype(np.int64).astype(np.float64)
+            values = _fill_missing(on_grid, columns, missing, str(path), 0, x)
     return Series(values, times, columns, str(path))
 
 
