@@ -34,7 +34,7 @@ def _content_lines(path: Path) -> list[tuple[int, list[str]]]:
     text = path.read_bytes().decode("utf-8", errors="replace")
     out = []
     for no, line in enumerate(text.splitlines(), start=1):
-        tokens = line.split("#", 1)[0].split()
+        tokens = (line.split("#", 1)[0] if "#" in line else line).split()
         if tokens:
             out.append((no, tokens))
     return out
@@ -176,22 +176,45 @@ def load_obj(path: Path, trimesh):
     return trimesh.load(io.StringIO(fixed), file_type="obj", process=False)
 
 
+def _point_row(line: str) -> tuple[str, list[str], list[float] | None]:
+    """(the line stripped, its fields, the first three as numbers or None)."""
+    text = line.strip().strip(",;")
+    fields = _SEPARATORS.split(text) if text and not text.startswith(("#", "//")) else []
+    try:
+        return text, fields, [float(v) for v in fields[:3]]
+    except ValueError:
+        return text, fields, None
+
+
+def _first_point(path: Path) -> tuple[int, str | None] | None:
+    """(lines before the first point, its separator: ',' ';' or None for whitespace); None when
+    no line looks like a point."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            text, fields, values = _point_row(line)
+            if fields and values is not None and len(fields) > 1:
+                return line_no - 1, ";" if ";" in text else "," if "," in text else None
+    return None
+
+
 def read_text_points(path: str | Path) -> np.ndarray:
-    """(N, 3) float64 x,y,z of a text point file (.xyz/.txt/.pts); see the module docstring."""
+    """(N, 3) float64 x,y,z of a text point file (.xyz/.txt/.pts); see the module docstring.
+    NumPy's C parser reads the rows after the header; a file it refuses is read line by line, so
+    the error names the line."""
     path = Path(path)
+    first = _first_point(path)
+    if first is not None:
+        try:
+            return np.loadtxt(path, delimiter=first[1], skiprows=first[0], usecols=(0, 1, 2),
+                              comments=("#", "//"), ndmin=2, dtype=np.float64, encoding="utf-8")
+        except ValueError:
+            pass
     rows = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
-            text = line.strip().strip(",;")
-            if not text or text.startswith(("#", "//")):
-                continue
-            fields = _SEPARATORS.split(text)
-            try:
-                values = [float(v) for v in fields[:3]]
-            except ValueError:
-                values = None
-            if not rows and (values is None or len(fields) == 1):
-                continue  # a header before the first point: column names or a point count
+            text, fields, values = _point_row(line)
+            if not fields or (not rows and (values is None or len(fields) == 1)):
+                continue  # blank, a comment, or a header before the first point (names, a count)
             if values is None:
                 raise ValueError(f"{path}, line {line_no}: not a number in {text[:60]!r}; expected "
                                  "rows of x,y,z[,...]")
