@@ -89,10 +89,12 @@ def _wav_shortfall(path: Path) -> tuple[int, int] | None:
 
 def _decode(sf, path: Path, sample_rate: int, window: int | None, train: bool
             ) -> tuple[np.ndarray, int, int | None]:
-    """(samples (frames, channels), file rate, None or the output samples to drop before the window):
-    only a window's worth of a file longer
-    than `window` output samples is decoded (seeking, so long recordings never sit in memory whole),
-    from the start, or in training from a random start drawn as `FrontEnd.crop` draws it."""
+    """(samples (frames, channels), file rate, None or the output samples to drop before the window).
+
+    Of a file longer than `window` output samples only the window (plus the resampler's margin) is
+    decoded, after a seek, so long recordings never sit in memory whole: from the start, or in
+    training from a random start drawn as `FrontEnd.crop` draws it.
+    """
     with sf.SoundFile(str(path)) as f:
         rate, frames = f.samplerate, f.frames
         total = math.ceil(frames * sample_rate / rate)  # output samples of the whole file
@@ -100,12 +102,16 @@ def _decode(sf, path: Path, sample_rate: int, window: int | None, train: bool
             return f.read(dtype="float32", always_2d=True), rate, None
         extra = total - window
         start = int(torch.randint(extra + 1, ()).item()) if train else 0
-        margin = 0 if rate == sample_rate else 256  # input samples around the window for the resampler
-        first = max(0, start * rate // sample_rate - margin)
+        margin = 0 if rate == sample_rate else 256  # input samples before the window for the resampler
+        # start the read on an input sample that falls on an output sample, so the window's samples
+        # are those of the whole file resampled (blocks of rate/g input = sample_rate/g output samples)
+        g = math.gcd(rate, sample_rate)
+        block = max(0, start * rate // sample_rate - margin) // (rate // g)
+        first, lead = block * (rate // g), start - block * (sample_rate // g)
         f.seek(first)
-        count = math.ceil(window * rate / sample_rate) + 2 * margin
+        count = math.ceil((lead + window) * rate / sample_rate) + margin
         data = f.read(min(count, frames - first), dtype="float32", always_2d=True)
-        return data, rate, round((start * rate // sample_rate - first) * sample_rate / rate)
+        return data, rate, lead
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000, window: int | None = None,
