@@ -43,6 +43,26 @@ def test_other_separators_with_decimal_points(tmp_path, sep):
     assert read_series(p).values.tolist() == [[h + 0.5, -h] for h in range(4)]
 
 
+def test_quoted_decimal_commas_in_a_comma_separated_file(tmp_path):
+    p = tmp_path / "q.csv"
+    p.write_text('date,a,b\n2024-01-01 00:00,"1,5",2\n2024-01-01 01:00,"-0,25",3\n2024-01-01 02:00,,4\n')
+    assert sniff_csv(p) == dict(sep=",", decimal=".")
+    assert read_series(p, missing="interpolate").values.tolist() == [[1.5, 2], [-0.25, 3], [-0.25, 4]]
+
+
+@pytest.mark.parametrize("dates", [
+    ["01.02.2024", "02.02.2024", "03.02.2024"],  # dotted: day first by convention
+    ["30/01/2024", "31/01/2024", "01/02/2024"],  # month-first parsing fails on the 30th
+])
+def test_day_first_dates(tmp_path, dates):
+    p = tmp_path / "d.csv"
+    p.write_text("Datum;Wert\n" + "".join(f"{d};{i},5\n" for i, d in enumerate(dates)))
+    s = read_series(p, time_column="Datum")
+    assert s.values[:, 0].tolist() == [0.5, 1.5, 2.5]
+    first = np.datetime64("2024-02-01" if dates[0].startswith("01.") else "2024-01-30", "s")
+    assert s.times.tolist() == [first + np.timedelta64(i, "D") for i in range(3)]
+
+
 # ---------------------------------------------------------------------------------------- time zones
 
 def test_utc_offsets_across_a_daylight_saving_change_become_utc(tmp_path):

@@ -11,6 +11,7 @@ timestamps off any grid are an error that says so.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,13 @@ def parse_times(pd, raw, path: str | Path, column: str, first_line: int):
         raise ValueError(f"{path}: line {i + first_line}: timestamp {text.iloc[i]!r} "
                          f"{'has no' if zoned[0] else 'has a'} UTC offset unlike line {first_line}; "
                          "give every timestamp an offset, or none")
-    parsed = pd.to_datetime(text, errors="coerce", utc=bool(zoned.any()))
+    dotted = bool(text.str.match(r"\d{1,2}\.\d{1,2}\.\d{2,4}").all())  # 31.01.2024: day first
+    with warnings.catch_warnings():  # pandas' note that it inferred a day-first format itself
+        warnings.filterwarnings("ignore", message="Parsing dates in", category=UserWarning)
+        parsed = pd.to_datetime(text, errors="coerce", utc=bool(zoned.any()), dayfirst=dotted)
+        if parsed.isna().any() and not dotted:  # 31/01/2024: month-first parsing fails, day-first not
+            day_first = pd.to_datetime(text, errors="coerce", utc=bool(zoned.any()), dayfirst=True)
+            parsed = day_first if not day_first.isna().any() else parsed
     if parsed.isna().any():
         i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
         raise ValueError(f"{path}: line {i + first_line}: cannot parse timestamp {raw.iloc[i]!r} in "
@@ -62,6 +69,17 @@ def parse_times(pd, raw, path: str | Path, column: str, first_line: int):
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return parsed
+
+
+def to_numbers(pd, column):
+    """A column as float64 (NaN for empty cells); quoted decimal-comma text ("1,5" in a
+    comma-separated file) is read as numbers too."""
+    num = pd.to_numeric(column, errors="coerce")
+    text = column.astype(str).str.strip()
+    failed = num.isna() & column.notna() & (text != "")
+    if failed.any() and text[failed].str.match(_DECIMAL_COMMA.pattern).all():
+        num = num.where(~failed, pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce"))
+    return num
 
 
 def _months(times: np.ndarray) -> np.ndarray:

@@ -130,7 +130,7 @@ def read_csv_series(path: Path, time_column: str | None, targets: list[str] | No
         raise ValueError(f"{path}: no value columns besides the timestamp column {time_column!r}")
     values = np.empty((len(df), len(columns)))
     for v, c in enumerate(columns):
-        num = pd.to_numeric(df[c], errors="coerce")
+        num = table_io.to_numbers(pd, df[c])
         text = df[c].astype(str).str.strip()
         bad = (num.isna() & df[c].notna() & (text != "")).to_numpy()
         if bad.any():
