@@ -103,14 +103,9 @@ def test_offsets_on_some_timestamps_only_are_named(tmp_path):
 @pytest.mark.parametrize("freq, season", [
     ("min", 60), ("5min", 288), ("15min", 96), ("30min", 48), ("h", 24), ("3h", 8), ("6h", 4),
     ("D", 7), ("W-SUN", 52), ("MS", 12), ("ME", 12), ("QS", 4), ("QE-DEC", 4), ("QS-FEB", 4),
-    ("YS", 1), ("YE", 1), ("2MS", 1),
+    ("YS", 1), ("YE", 1), ("2MS", 6), ("6MS", 2), ("2YS", 1),
 ])
 def test_frequencies_read_regular_with_their_season(tmp_path, freq, season):
-    if freq == "2MS":  # every other month: no calendar season is known for it
-        index = pd.date_range("2020-01-01", periods=30, freq=freq)
-        with pytest.raises(ValueError, match="irregular timestamps"):
-            read_series(frame_csv(tmp_path / "s.csv", index))
-        return
     index = pd.date_range("2019-12-31" if freq.startswith(("ME", "QE", "YE")) else "2020-01-01",
                           periods=30, freq=freq)
     s = read_series(frame_csv(tmp_path / "s.csv", index))
@@ -146,6 +141,14 @@ def test_calendar_gaps_error_or_are_inserted(tmp_path):
     s = read_series(p, missing="interpolate")
     assert s.values[:, 0].tolist() == list(range(8))
     assert s.times[3] == np.datetime64("2020-10-01", "s") and infer_season(s.times) == 4
+
+
+def test_sub_second_timestamps_are_named(tmp_path):
+    p = frame_csv(tmp_path / "fast.csv", ["2024-01-01 00:00:00.00", "2024-01-01 00:00:00.01",
+                                          "2024-01-01 00:00:00.02"])
+    with pytest.raises(ValueError, match=r"fast\.csv: line 3: timestamp '2024-01-01 00:00:00.01' has a "
+                                         r"fraction of a second; steps below one second are not supported"):
+        read_series(p)
 
 
 def test_irregular_timestamps_are_named(tmp_path):

@@ -20,7 +20,8 @@ SEPARATORS = (";", "\t", "|", ",")  # preference when several split every line t
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _ZONE = r"(?:Z|[+-]\d\d:?\d\d|\s?UTC|\s?GMT)$"
 DAY = 86400
-CALENDAR_STEPS = {1: "monthly", 3: "quarterly", 12: "yearly"}  # months per step
+CALENDAR_STEPS = {1: "monthly", 2: "two-monthly", 3: "quarterly", 4: "four-monthly", 6: "half-yearly",
+                  12: "yearly"}  # months per step: the divisors of a year
 
 
 def sniff_csv(path: str | Path, sample_lines: int = 20) -> dict:
@@ -66,6 +67,12 @@ def parse_times(pd, raw, path: str | Path, column: str, first_line: int):
         i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
         raise ValueError(f"{path}: line {i + first_line}: cannot parse timestamp {raw.iloc[i]!r} in "
                          f"column {column!r}; use ISO dates such as 2024-01-31 13:00")
+    fine = (parsed.dt.microsecond != 0) | (parsed.dt.nanosecond != 0)
+    if fine.any():
+        i = int(np.flatnonzero(fine.to_numpy())[0])
+        raise ValueError(f"{path}: line {i + first_line}: timestamp {raw.iloc[i]!r} has a fraction of a "
+                         "second; steps below one second are not supported: resample to whole seconds "
+                         "(e.g. pandas: df.resample('1s').mean())")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return parsed
@@ -112,7 +119,7 @@ def grid_step(times: np.ndarray) -> tuple[str, int]:
     step = int(np.median(np.diff(times.astype(np.int64))))
     if step >= 27 * DAY:
         k = int(np.median(np.diff(_months(times))))
-        if k in CALENDAR_STEPS:
+        if k in CALENDAR_STEPS or (k > 0 and k % 12 == 0):
             return "months", k
     if step == DAY:
         weekday = (times.astype("datetime64[D]").astype(np.int64) + 3) % 7
@@ -145,7 +152,7 @@ def regular_grid(times: np.ndarray, values: np.ndarray, path: str | Path, first_
         same_day = (dom == dom[0]) | (ends & ends[0])  # the same day, or month ends
         position = (_months(times) - _months(times[:1])).astype(np.float64) / step
         position[~same_day | (tod != tod[0])] += 0.5  # off the grid
-        unit = f"{CALENDAR_STEPS[step]} period"
+        unit = f"{CALENDAR_STEPS.get(step, f'{step // 12}-yearly')} period"
     else:
         position = (times.astype(np.int64) - times[0].astype(np.int64)).astype(np.float64) / step
         unit = f"step of {_describe(step)}"

@@ -198,7 +198,8 @@ def time_features(times: np.ndarray | None, n: int | None = None) -> np.ndarray:
 def infer_season(times: np.ndarray | None) -> int:
     """Season length of the series' grid: 60 per-minute (the hour), a day of sub-daily steps that
     divide it (24 hourly, 48 half-hourly, 96 15-min, 8 3-hourly...), 7 daily (5 for trading days
-    without weekends), 52 weekly, 12 monthly, 4 quarterly; 1 yearly or unknown."""
+    without weekends), 52 weekly, 12 monthly, 4 quarterly (12 / months per step
+    for steps of 2, 4, 6 months); 1 yearly or unknown."""
     if times is None or len(times) < 3:
         return 1
     kind, step = table_io.grid_step(times)
