@@ -41,7 +41,8 @@ def _content_lines(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def _is_int(token: str) -> bool:
-    return token.lstrip("+-").isdigit()
+    """A count or an index: a non-negative integer."""
+    return token.lstrip("+").isdigit()
 
 
 def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
