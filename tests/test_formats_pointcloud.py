@@ -158,6 +158,17 @@ def test_obj_several_objects_with_absolute_indices(tmp_path):
     assert np.unique(read_mesh_or_points(path, mesh_points=400)[:, 2]).tolist() == [0.0, 1.0]
 
 
+@pytest.mark.parametrize("text", [
+    "  v 0 0 0\n  v 1 0 0\n  v 1 1 0\n  v 0 1 0\n  f 1 2 3 4\n",  # indented statements
+    "v\t0 0 0\nv\t1 0 0\nv\t1 1 0\nv\t0 1 0\nf\t-4 -3 -2 -1\n",  # tab after the keyword
+    "v 0 0 0\r\nv 1 0 0\r\nv 1 1 0\r\nv 0 1 0\r\nf 1 2 3 4\r\n",  # CRLF
+])
+def test_obj_whitespace_variants_are_meshes_not_point_clouds(tmp_path, text):
+    (tmp_path / "q.obj").write_bytes(text.encode())
+    points = read_mesh_or_points(tmp_path / "q.obj", mesh_points=200)
+    assert points.shape == (200, 3) and on_unit_square(points)
+
+
 @pytest.mark.parametrize("file_type", ["stl", "stl_ascii"])
 def test_stl_binary_and_ascii(tmp_path, file_type):
     box = trimesh.creation.box(extents=[2, 2, 2])

@@ -9,7 +9,8 @@ this module covers the rest:
   (x y z, then optional normal, colour and texture columns), one polygon per line
   (`n i1 .. in`, then an optional colour), `#` comments anywhere.
 - OBJ faces with negative (relative) indices: trimesh resolves them against the wrong vertex list
-  when a file holds several objects or groups, so they are made absolute before trimesh reads the file.
+  when a file holds several objects or groups, so they are made absolute before trimesh reads the
+  file; indented or tab-separated statements are normalised too.
 - text point files (.xyz/.txt/.pts): x,y,z first, any further columns (intensity, colour, normals)
   ignored; comma, semicolon or whitespace separated; header lines (column names, a point count) and
   `#` or `//` comments skipped.
@@ -26,6 +27,8 @@ import numpy as np
 OFF_KEYWORD = re.compile(r"^(ST)?(C)?(N)?(4)?(n)?OFF")
 NPZ_KEYS = ("points", "xyz", "pos", "point_cloud", "pc", "vertices", "data", "arr_0")
 _SEPARATORS = re.compile(r"[\s,;]+")
+_OBJ_ODD_SPACE = re.compile(r"^(?:[ \t]+[a-z]|[a-z]+\t)", flags=re.M)
+_OBJ_STATEMENT = re.compile(r"^[ \t]*([a-z]+)[ \t]+", flags=re.M)
 
 
 def _content_lines(path: Path) -> list[tuple[int, list[str]]]:
@@ -169,12 +172,17 @@ def obj_with_absolute_indices(text: str) -> str | None:
 
 
 def load_obj(path: Path, trimesh):
-    """trimesh's reading of an OBJ file, negative indices resolved first (see the module docstring)."""
+    """trimesh's reading of an OBJ file, negative indices resolved first (see the module docstring).
+
+    trimesh also misses statements indented or followed by a tab (`  f 1 2 3`, `v\t0 0 0`: it then
+    returns the vertices as a point cloud), so those are rewritten as `f 1 2 3` first.
+    """
     text = path.read_bytes().decode("utf-8", errors="replace")
-    fixed = obj_with_absolute_indices(text)
-    if fixed is None:
+    spaced = _OBJ_STATEMENT.sub(r"\1 ", text) if _OBJ_ODD_SPACE.search(text) else text
+    fixed = obj_with_absolute_indices(spaced)
+    if fixed is None and spaced is text:
         return trimesh.load(str(path), process=False)
-    return trimesh.load(io.StringIO(fixed), file_type="obj", process=False)
+    return trimesh.load(io.StringIO(fixed or spaced), file_type="obj", process=False)
 
 
 def _point_row(line: str) -> tuple[str, list[str], list[float] | None]:
