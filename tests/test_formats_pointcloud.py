@@ -130,6 +130,23 @@ def test_ply_with_extra_vertex_properties(tmp_path, fmt, with_faces):
         assert np.array_equal(points, xyz)
 
 
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian"])
+def test_ply_faces_with_texture_coordinate_lists(tmp_path, fmt):
+    """MeshLab writes per-corner UVs as a second face list; trimesh's ASCII reader fails on it."""
+    head = ("ply\nformat {fmt} 1.0\ncomment TextureFile tex.png\nelement vertex 4\nproperty float x\n"
+            "property float y\nproperty float z\nelement face 2\nproperty list uchar int vertex_indices\n"
+            "property list uchar float texcoord\nproperty uchar flags\nend_header\n").format(fmt=fmt).encode()
+    if fmt == "ascii":
+        body = (SQUARE + "3 0 1 2 6 0 0 1 0 1 1 7\n3 0 2 3 6 0 0 1 1 0 1 7\n").encode()
+    else:
+        body = (np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], "<f4").tobytes()
+                + struct.pack("<B3iB6fB", 3, 0, 1, 2, 6, 0, 0, 1, 0, 1, 1, 7)
+                + struct.pack("<B3iB6fB", 3, 0, 2, 3, 6, 0, 0, 1, 1, 0, 1, 7))
+    (tmp_path / "tex.ply").write_bytes(head + body)
+    points = read_mesh_or_points(tmp_path / "tex.ply", mesh_points=200)
+    assert points.shape == (200, 3) and on_unit_square(points)
+
+
 # ---------------------------------------------------------------------------------------- OBJ, STL
 
 def test_obj_quads_texture_coordinates_and_normals(tmp_path):

@@ -11,6 +11,8 @@ this module covers the rest:
 - OBJ faces with negative (relative) indices: trimesh resolves them against the wrong vertex list
   when a file holds several objects or groups, so they are made absolute before trimesh reads the
   file; indented or tab-separated statements are normalised too.
+- ASCII PLY faces with a second list property (per-corner texture coordinates): trimesh fails on
+  them, so the faces are cut to their vertex indices first.
 - text point files (.xyz/.txt/.pts): x,y,z first, any further columns (intensity, colour, normals)
   ignored; comma, semicolon or whitespace separated; header lines (column names, a point count) and
   `#` or `//` comments skipped.
@@ -204,6 +206,45 @@ def _first_point(path: Path) -> tuple[int, str | None] | None:
             if fields and values is not None and len(fields) > 1:
                 return line_no - 1, ";" if ";" in text else "," if "," in text else None
     return None
+
+
+def ascii_ply_faces_only(path: Path) -> bytes | None:
+    """An ASCII PLY with each face reduced to its vertex-index list, when faces carry a second list
+    property (MeshLab's per-corner `texcoord`): trimesh's ASCII reader fails on those. None when
+    the file needs no change (binary PLY with such faces reads fine)."""
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)  # the header
+    end = data.find(b"end_header")
+    if end < 0 or b"format ascii" not in data[:end]:
+        return None
+    header = data[:end].decode("ascii", errors="replace").splitlines()
+    elements: list[list] = []  # [name, count, [(is_list, property line)]]
+    for line in header:
+        words = line.split()
+        if words[:1] == ["element"] and len(words) == 3:
+            elements.append([words[1], int(words[2]), []])
+        elif words[:1] == ["property"] and elements:
+            elements[-1][2].append((words[1] == "list", line))
+    faces = next((e for e in elements if e[0] == "face"), None)
+    if faces is None or sum(is_list for is_list, _ in faces[2]) < 2:
+        return None
+    keep = next((k for k, (is_list, line) in enumerate(faces[2]) if is_list and "vertex_ind" in line), None)
+    if keep is None:
+        return None
+    data = path.read_bytes()
+    lines = data[data.index(b"\n", end) + 1:].decode("ascii", errors="replace").splitlines()
+    start = sum(e[1] for e in elements[:elements.index(faces)])
+    for r in range(start, start + faces[1]):
+        tokens, at, kept = lines[r].split(), 0, ""
+        for k, (is_list, _) in enumerate(faces[2]):
+            width = 1 + int(tokens[at]) if is_list else 1
+            if k == keep:
+                kept = " ".join(tokens[at:at + width])
+            at += width
+        lines[r] = kept
+    out = [line for line in header if line.strip() not in
+           {prop.strip() for k, (_, prop) in enumerate(faces[2]) if k != keep}]
+    return ("\n".join(out) + "\nend_header\n" + "\n".join(lines) + "\n").encode()
 
 
 def read_text_points(path: str | Path) -> np.ndarray:

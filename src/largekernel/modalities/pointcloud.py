@@ -14,6 +14,7 @@ torch's global RNG, so the engine's per-sample seeding makes runs reproducible.
 """
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -92,6 +93,8 @@ def _read_mesh(path: Path, mesh_points: int) -> np.ndarray:
             loaded = trimesh.Trimesh(*mesh_io.read_off(path), process=False)
         elif path.suffix.lower() == ".obj":
             loaded = mesh_io.load_obj(path, trimesh)
+        elif path.suffix.lower() == ".ply" and (ply := mesh_io.ascii_ply_faces_only(path)):
+            loaded = trimesh.load(io.BytesIO(ply), file_type="ply", process=False)
         else:
             loaded = trimesh.load(str(path), process=False)
     except Exception as e:
