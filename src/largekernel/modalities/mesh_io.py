@@ -11,8 +11,8 @@ this module covers the rest:
 - OBJ faces with negative (relative) indices: trimesh resolves them against the wrong vertex list
   when a file holds several objects or groups, so they are made absolute before trimesh reads the
   file; indented or tab-separated statements are normalised too.
-- ASCII PLY faces with a second list property (per-corner texture coordinates): trimesh fails on
-  them, so the faces are cut to their vertex indices first.
+- PLY files whose faces mix sizes next to a further list property (MeshLab's per-corner texture
+  coordinates): trimesh refuses them, so they are read here when it does.
 - text point files (.xyz/.txt/.pts): x,y,z first, any further columns (intensity, colour, normals)
   ignored; comma, semicolon or whitespace separated; header lines (column names, a point count) and
   `#` or `//` comments skipped.
@@ -185,6 +185,100 @@ def load_obj(path: Path, trimesh):
     if fixed is None and spaced is text:
         return trimesh.load(str(path), process=False)
     return trimesh.load(io.StringIO(fixed or spaced), file_type="obj", process=False)
+
+
+def _point_row(line: str) -> tuple[str, list[str], list[float] | None]:
+    """(the line stripped, its fields, the first three as numbers or None)."""
+    text = line.strip().strip(",;")
+    fields = _SEPARATORS.split(text) if text and not text.startswith(("#", "//")) else []
+    try:
+        return text, fields, [float(v) for v in fields[:3]]
+    except ValueError:
+        return text, fields, None
+
+
+def _first_point(path: Path) -> tuple[int, str | None] | None:
+    """(lines before the first point, its separator: ',' ';' or None for whitespace); None when
+    no line looks like a point."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            text, fields, values = _point_row(line)
+            if fields and values is not None and len(fields) > 1:
+                return line_no - 1, ";" if ";" in text else "," if "," in text else None
+    return None
+
+
+PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+             "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+             "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
+
+
+def _ply_header(path: Path) -> tuple[str, list[list], int]:
+    """(format, [[element name, count, [(name, type, list count type or None)]]], body offset)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise ValueError(f"{path}: cannot read mesh: not a PLY file (no 'ply' ... 'end_header' header)")
+    fmt, elements = "", []
+    for line in head[:end].decode("ascii", errors="replace").splitlines():
+        words = line.split()
+        if words[:1] == ["format"] and len(words) >= 2:
+            fmt = words[1]
+        elif words[:1] == ["element"] and len(words) == 3:
+            elements.append([words[1], int(words[2]), []])
+        elif words[:2] == ["property", "list"] and len(words) == 5 and elements:
+            elements[-1][2].append((words[4], PLY_TYPES[words[3]], PLY_TYPES[words[2]]))
+        elif words[:1] == ["property"] and len(words) == 3 and elements:
+            elements[-1][2].append((words[2], PLY_TYPES[words[1]], None))
+    return fmt, elements, head.index(b"\n", end) + 1
+
+
+def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (V, 3) float64, triangles (F, 3) int64) of an ASCII or binary PLY, for the files
+    trimesh's reader refuses: faces of mixed sizes next to further list properties (MeshLab's
+    per-corner `texcoord`). Polygons are split into triangle fans."""
+    path = Path(path)
+    fmt, elements, offset = _ply_header(path)
+    order = {"binary_little_endian": "<", "binary_big_endian": ">"}.get(fmt)
+    if order is None and fmt != "ascii":
+        raise ValueError(f"{path}: cannot read mesh: unknown PLY format {fmt!r}")
+    data = path.read_bytes()[offset:]
+    tokens = data.split() if order is None else None
+    at, vertices, polygons = 0, None, []
+    for name, count, props in elements:
+        if all(p[2] is None for p in props):  # scalar properties only: one array
+            if order is None:
+                rows = np.array(tokens[at:at + count * len(props)], dtype=np.float64).reshape(count, len(props))
+                at += count * len(props)
+                columns = {p[0]: rows[:, k] for k, p in enumerate(props)}
+            else:
+                dtype = np.dtype([(p[0], order + p[1]) for p in props])
+                rows = np.frombuffer(data, dtype, count, at)
+                at += count * dtype.itemsize
+                columns = {p[0]: rows[p[0]] for p in props}
+            if name == "vertex":
+                vertices = np.stack([columns[c].astype(np.float64) for c in "xyz"], axis=1)
+            continue
+        for _ in range(count):  # records with lists: one by one
+            for prop, kind, count_kind in props:
+                if order is None:
+                    n = int(tokens[at]) if count_kind else 1
+                    values = tokens[at + bool(count_kind):at + bool(count_kind) + n]
+                    at += bool(count_kind) + n
+                else:
+                    n = 1
+                    if count_kind:
+                        n = int(np.frombuffer(data, order + count_kind, 1, at)[0])
+                        at += np.dtype(count_kind).itemsize
+                    values = np.frombuffer(data, order + kind, n, at)
+                    at += n * np.dtype(kind).itemsize
+                if name == "face" and prop in ("vertex_indices", "vertex_index"):
+                    polygons.append([int(v) for v in values])
+    if vertices is None:
+        raise ValueError(f"{path}: cannot read mesh: the PLY has no vertex element with x, y, z")
+    triangles = [(f[0], f[k], f[k + 1]) for f in polygons for k in range(1, len(f) - 1)]
+    return vertices, np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
 
 
 def _point_row(line: str) -> tuple[str, list[str], list[float] | None]:

@@ -14,7 +14,6 @@ torch's global RNG, so the engine's per-sample seeding makes runs reproducible.
 """
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from pathlib import Path
@@ -86,17 +85,25 @@ def read_mesh_or_points(path: str | Path, mesh_points: int) -> np.ndarray:
     return points
 
 
+def _load_mesh(path: Path, trimesh):
+    """The trimesh object of a mesh file, read by mesh_io where trimesh misreads the variant."""
+    ext = path.suffix.lower()
+    if ext == ".off":
+        return trimesh.Trimesh(*mesh_io.read_off(path), process=False)
+    if ext == ".obj":
+        return mesh_io.load_obj(path, trimesh)
+    try:
+        return trimesh.load(str(path), process=False)
+    except Exception:
+        if ext != ".ply":
+            raise
+        return trimesh.Trimesh(*mesh_io.read_ply(path), process=False)  # see mesh_io.read_ply
+
+
 def _read_mesh(path: Path, mesh_points: int) -> np.ndarray:
     trimesh = _trimesh()
     try:
-        if path.suffix.lower() == ".off":
-            loaded = trimesh.Trimesh(*mesh_io.read_off(path), process=False)
-        elif path.suffix.lower() == ".obj":
-            loaded = mesh_io.load_obj(path, trimesh)
-        elif path.suffix.lower() == ".ply" and (ply := mesh_io.ascii_ply_faces_only(path)):
-            loaded = trimesh.load(io.BytesIO(ply), file_type="ply", process=False)
-        else:
-            loaded = trimesh.load(str(path), process=False)
+        loaded = _load_mesh(path, trimesh)
     except Exception as e:
         if isinstance(e, ValueError) and str(e).startswith(f"{path}: "):
             raise
