@@ -187,27 +187,6 @@ def load_obj(path: Path, trimesh):
     return trimesh.load(io.StringIO(fixed or spaced), file_type="obj", process=False)
 
 
-def _point_row(line: str) -> tuple[str, list[str], list[float] | None]:
-    """(the line stripped, its fields, the first three as numbers or None)."""
-    text = line.strip().strip(",;")
-    fields = _SEPARATORS.split(text) if text and not text.startswith(("#", "//")) else []
-    try:
-        return text, fields, [float(v) for v in fields[:3]]
-    except ValueError:
-        return text, fields, None
-
-
-def _first_point(path: Path) -> tuple[int, str | None] | None:
-    """(lines before the first point, its separator: ',' ';' or None for whitespace); None when
-    no line looks like a point."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line_no, line in enumerate(f, start=1):
-            text, fields, values = _point_row(line)
-            if fields and values is not None and len(fields) > 1:
-                return line_no - 1, ";" if ";" in text else "," if "," in text else None
-    return None
-
-
 PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
@@ -249,8 +228,9 @@ def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     for name, count, props in elements:
         if all(p[2] is None for p in props):  # scalar properties only: one array
             if order is None:
-                rows = np.array(tokens[at:at + count * len(props)], dtype=np.float64).reshape(count, len(props))
-                at += count * len(props)
+                size = count * len(props)
+                rows = np.array(tokens[at:at + size], dtype=np.float64).reshape(count, len(props))
+                at += size
                 columns = {p[0]: rows[:, k] for k, p in enumerate(props)}
             else:
                 dtype = np.dtype([(p[0], order + p[1]) for p in props])
@@ -277,8 +257,11 @@ def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                     polygons.append([int(v) for v in values])
     if vertices is None:
         raise ValueError(f"{path}: cannot read mesh: the PLY has no vertex element with x, y, z")
-    triangles = [(f[0], f[k], f[k + 1]) for f in polygons for k in range(1, len(f) - 1)]
-    return vertices, np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    triangles = np.asarray([(f[0], f[k], f[k + 1]) for f in polygons for k in range(1, len(f) - 1)],
+                           dtype=np.int64).reshape(-1, 3)
+    if len(triangles) and not (0 <= triangles.min() and triangles.max() < len(vertices)):
+        raise ValueError(f"{path}: cannot read mesh: a face's vertex index is outside 0..{len(vertices) - 1}")
+    return vertices, triangles
 
 
 def _point_row(line: str) -> tuple[str, list[str], list[float] | None]:
@@ -300,45 +283,6 @@ def _first_point(path: Path) -> tuple[int, str | None] | None:
             if fields and values is not None and len(fields) > 1:
                 return line_no - 1, ";" if ";" in text else "," if "," in text else None
     return None
-
-
-def ascii_ply_faces_only(path: Path) -> bytes | None:
-    """An ASCII PLY with each face reduced to its vertex-index list, when faces carry a second list
-    property (MeshLab's per-corner `texcoord`): trimesh's ASCII reader fails on those. None when
-    the file needs no change (binary PLY with such faces reads fine)."""
-    with open(path, "rb") as f:
-        data = f.read(1 << 16)  # the header
-    end = data.find(b"end_header")
-    if end < 0 or b"format ascii" not in data[:end]:
-        return None
-    header = data[:end].decode("ascii", errors="replace").splitlines()
-    elements: list[list] = []  # [name, count, [(is_list, property line)]]
-    for line in header:
-        words = line.split()
-        if words[:1] == ["element"] and len(words) == 3:
-            elements.append([words[1], int(words[2]), []])
-        elif words[:1] == ["property"] and elements:
-            elements[-1][2].append((words[1] == "list", line))
-    faces = next((e for e in elements if e[0] == "face"), None)
-    if faces is None or sum(is_list for is_list, _ in faces[2]) < 2:
-        return None
-    keep = next((k for k, (is_list, line) in enumerate(faces[2]) if is_list and "vertex_ind" in line), None)
-    if keep is None:
-        return None
-    data = path.read_bytes()
-    lines = data[data.index(b"\n", end) + 1:].decode("ascii", errors="replace").splitlines()
-    start = sum(e[1] for e in elements[:elements.index(faces)])
-    for r in range(start, start + faces[1]):
-        tokens, at, kept = lines[r].split(), 0, ""
-        for k, (is_list, _) in enumerate(faces[2]):
-            width = 1 + int(tokens[at]) if is_list else 1
-            if k == keep:
-                kept = " ".join(tokens[at:at + width])
-            at += width
-        lines[r] = kept
-    out = [line for line in header if line.strip() not in
-           {prop.strip() for k, (_, prop) in enumerate(faces[2]) if k != keep}]
-    return ("\n".join(out) + "\nend_header\n" + "\n".join(lines) + "\n").encode()
 
 
 def read_text_points(path: str | Path) -> np.ndarray:
