@@ -22,7 +22,8 @@ def video_stream(container, path: str | Path):
     if container.streams.video:
         return container.streams.video[0]
     audio = len(container.streams.audio)
-    holds = f"only audio ({audio} audio stream{'s' if audio != 1 else ''})" if audio else "no streams it can read"
+    holds = (f"only audio ({audio} audio stream{'s' if audio != 1 else ''})" if audio
+             else "no streams it can read")
     raise ValueError(f"{path}: the file has no video stream, it holds {holds}; pass its audio to the audio "
                      "modality (e.g. ffmpeg -i IN -vn OUT.wav) or use a file with video")
 
@@ -36,9 +37,11 @@ def upright(frame) -> np.ndarray:
 
 
 def _presentation_times(container, stream) -> list[int]:
-    """Sorted presentation timestamps of the stream's frames, from its packets (no decoding)."""
+    """Sorted presentation timestamps of the stream's frames, from its packets (no decoding);
+    empty when some are missing or repeated."""
     times = [p.pts for p in container.demux(stream) if p.size > 0]
-    return sorted(times) if times and None not in times else []
+    usable = times and None not in times and len(set(times)) == len(times)  # else: decode in order
+    return sorted(times) if usable else []
 
 
 def decode_frames(path: str | Path, wanted: set[int], av) -> tuple[dict[int, np.ndarray], int, int]:
