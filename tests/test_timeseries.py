@@ -81,8 +81,8 @@ def test_missing_values_error_or_interpolate(tmp_path):
                                          r"fill them, or pass --missing interpolate"):
         read_series(p)
     s = read_series(p, missing="interpolate")
-    # linear in time: b at 02:00 and 03:00 between 20 (01:00) and 60 (05:00)
-    np.testing.assert_allclose(s.values, [[1, 10], [2, 20], [3, 30], [7, 40], [11, 60]])
+    # linear in time: b at 02:00 and 03:00 between 20 (01:00) and 60 (05:00); the absent 04:00 inserted
+    np.testing.assert_allclose(s.values, [[1, 10], [2, 20], [3, 30], [7, 40], [9, 50], [11, 60]])
     edge = write_csv(tmp_path / "e.csv", "date,a\n2024-01-01 00:00,\n2024-01-01 01:00,4\n2024-01-01 02:00,\n")
     assert read_series(edge, missing="interpolate").values[:, 0].tolist() == [4, 4, 4]
     with pytest.raises(ValueError, match="missing='drop'; choose one of error, interpolate"):

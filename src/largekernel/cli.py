@@ -376,6 +376,15 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def set_missing(cfg, missing: str | None) -> None:
+    """`--missing` of eval/predict: the time-series plug-in's option, for this run only."""
+    if missing is None:
+        return
+    if not hasattr(cfg.options, "missing"):
+        raise ValueError(f"--missing is an option of time-series checkpoints; this one is {cfg.modality!r}")
+    cfg.options = dataclasses.replace(cfg.options, missing=missing)
+
+
 @command("eval", help="evaluate a trained checkpoint: top-1/top-5, per-class accuracy, confusion matrix", args=[
     arg("checkpoint", metavar="CKPT", help="a run's best/last.safetensors or checkpoints/step*.pt"),
     arg("--data", required=True, help="folder (one subfolder per class) or CSV of path,label"),
@@ -384,6 +393,8 @@ def format_summary(s: dict) -> str:
     arg("--output", default=None, metavar="DIR", help="where to write confusion.png and eval.json "
         "(default: next to the checkpoint)"),
     arg("--json", action="store_true", help="print all metrics as JSON"),
+    arg("--missing", choices=("error", "interpolate"), default=None,
+        help="time series: missing values and time steps (default: the training run's choice)"),
 ])
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate with the preprocessing and classes recorded in the checkpoint."""
@@ -396,6 +407,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint} records no training config; evaluate a checkpoint "
                          "written by `largekernel train`")
     cfg = dataclasses.replace(trained.cfg, val=args.data, train=None, classes=trained.classes)
+    set_missing(cfg, args.missing)
     data = trained.modality.datasets(cfg, train=False)
     metrics = trained.modality.evaluate(trained.model, data.val, cfg, trained.classes,
                                         torch.device("cpu"), args.batch_size)
@@ -426,6 +438,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     arg("--output", default=None, metavar="DIR",
         help="where plug-ins that write files (e.g. forecasts) put them (default: next to each input)"),
     arg("--json", action="store_true", help="print the results as JSON"),
+    arg("--missing", choices=("error", "interpolate"), default=None,
+        help="time series: missing values and time steps (default: the training run's choice)"),
 ], groups=lambda: _plugin_groups("predict_arguments", "predict options"))
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict each file; unreadable files are reported by name (exit 1 if none could be read)."""
@@ -442,7 +456,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, None, None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
-    own = {"command", "func", "verbose", "quiet", "paths", "checkpoint", "model", "topk", "json"}
+    own = {"command", "func", "verbose", "quiet", "paths", "checkpoint", "model", "topk", "json", "missing"}
+    set_missing(trained.cfg, args.missing)
     options = {k: v for k, v in vars(args).items() if k not in own}  # --output, plug-ins' options
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)

@@ -33,6 +33,7 @@ from . import files
 from .files import Sample, file_datasets, one_thread, split_samples
 
 EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+CONTAINERS = {".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}  # libsndfile's names; WAV is always built in
 NOISE_DIR = "_background_noise_"
 LISTS = ("validation_list.txt", "testing_list.txt")
 INSTALL = 'pip install "largekernel[audio]"'
@@ -91,10 +92,40 @@ def _wav_shortfall(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
-    """Decode a WAV/FLAC/OGG/MP3 file to a 1-D float32 tensor: mono (channels averaged) at
-    `sample_rate`. Raises `AudioError` (a ValueError naming the file) for unsupported, unreadable,
-    truncated, empty, too short, silent or non-finite audio."""
+def _decode(sf, path: Path, sample_rate: int, window: int | None, train: bool
+            ) -> tuple[np.ndarray, int, int | None]:
+    """(samples (frames, channels), file rate, None or the output samples to drop before the window).
+
+    Of a file longer than `window` output samples only the window (plus the resampler's margin) is
+    decoded, after a seek, so long recordings never sit in memory whole: from the start, or in
+    training from a random start drawn as `FrontEnd.crop` draws it.
+    """
+    with sf.SoundFile(str(path)) as f:
+        rate, frames = f.samplerate, f.frames
+        total = math.ceil(frames * sample_rate / rate)  # output samples of the whole file
+        if window is None or total <= window:
+            return f.read(dtype="float32", always_2d=True), rate, None
+        extra = total - window
+        start = int(torch.randint(extra + 1, ()).item()) if train else 0
+        margin = 0 if rate == sample_rate else 256  # input samples before the window for the resampler
+        # start the read on an input sample that falls on an output sample, so the window's samples
+        # are those of the whole file resampled (blocks of rate/g input = sample_rate/g output samples)
+        g = math.gcd(rate, sample_rate)
+        block = max(0, start * rate // sample_rate - margin) // (rate // g)
+        first, lead = block * (rate // g), start - block * (sample_rate // g)
+        f.seek(first)
+        count = math.ceil((lead + window) * rate / sample_rate) + margin
+        data = f.read(min(count, frames - first), dtype="float32", always_2d=True)
+        return data, rate, lead
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000, window: int | None = None,
+               train: bool = False) -> torch.Tensor:
+    """Decode a WAV/FLAC/OGG/MP3 file (any libsndfile subtype: 8-bit unsigned to 32-bit integer,
+    32/64-bit float, mu-law/A-law, WAVE_FORMAT_EXTENSIBLE, any channel count) to a 1-D float32
+    tensor: mono (channels averaged) at `sample_rate`. With `window`, a longer file gives only
+    `window` samples (see `_decode`). Raises `AudioError` (a ValueError naming the file) for
+    unsupported, unreadable, truncated, empty, too short, silent or non-finite audio."""
     path = Path(path)
     if path.suffix.lower() not in EXTENSIONS:
         raise AudioError(path, f"unsupported audio format '{path.suffix}' (supported: "
@@ -102,8 +133,13 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     if not path.is_file():
         raise AudioError(path, "file does not exist")
     sf = _soundfile()
+    needed = CONTAINERS.get(path.suffix.lower())
+    if needed and needed not in sf.available_formats():
+        raise AudioError(path, f"the installed libsndfile {sf.__libsndfile_version__} cannot read "
+                               f"{needed} files; install soundfile>=0.12.1, whose wheels bundle libsndfile "
+                               f">=1.1 with MP3/OGG/FLAC, or convert it: ffmpeg -i IN OUT.wav")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate, lead = _decode(sf, path, sample_rate, window, train)
     except Exception as e:  # libsndfile's errors for corrupt or truncated data
         raise AudioError(path, f"cannot decode audio: {' '.join(str(e).split())}") from e
     if path.suffix.lower() == ".wav" and (short := _wav_shortfall(path)):
@@ -114,6 +150,9 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     if not np.isfinite(data).all():
         raise AudioError(path, "contains NaN or infinite samples")
     wave = resample(np.ascontiguousarray(data.mean(axis=1)), int(rate), sample_rate)
+    if lead is not None:  # a window: drop the resampler's margin
+        # a quiet stretch of a long recording is not an error: no silence check here
+        return torch.from_numpy(np.ascontiguousarray(wave[lead:lead + window]))
     need = int(sample_rate * FRAME_MS / 1000)
     if wave.shape[0] < need:
         raise AudioError(path, f"too short: {wave.shape[0]} samples at {sample_rate} Hz; at least "
@@ -274,7 +313,8 @@ class AudioDataset(Dataset):
                 j = int(torch.randint(len(self.samples), ()).item())
                 lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
                 try:
-                    other = self.front.crop(read_audio(self.samples[j][0], cfg.sample_rate), True)
+                    other = self.front.crop(read_audio(self.samples[j][0], cfg.sample_rate,
+                                                       self.front.samples, True), True)
                 except AudioError:
                     other = None  # counted when that clip is drawn itself
                 if other is not None:
@@ -292,7 +332,8 @@ class AudioDataset(Dataset):
         path, label = self.samples[i]
         with one_thread():
             try:
-                wave = self.front.crop(read_audio(path, self.cfg.sample_rate), self.train)
+                wave = self.front.crop(read_audio(path, self.cfg.sample_rate, self.front.samples,
+                                                  self.train), self.train)
             except AudioError as e:
                 if self.cfg.strict:
                     raise
@@ -392,7 +433,7 @@ def feature_stats(cfg: TrainConfig, max_files: int | None = None) -> dict:
     with one_thread():
         for path, _ in samples:
             try:
-                x = front.raw(front.crop(read_audio(path, cfg.sample_rate), False)).double()
+                x = front.raw(front.crop(read_audio(path, cfg.sample_rate, front.samples), False)).double()
             except AudioError as e:
                 skipped.append(dict(path=e.path, reason=e.reason))
                 continue
@@ -527,4 +568,4 @@ class AudioModality(Classification):
         """The evaluation input of one clip for `predict`."""
         with one_thread():
             front = FrontEnd(cfg)
-            return front(front.crop(read_audio(path, cfg.sample_rate), False))
+            return front(front.crop(read_audio(path, cfg.sample_rate, front.samples), False))

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -24,6 +23,7 @@ from ..models import registry
 from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 from . import files
 from .files import Sample, file_datasets, folder_or_csv, one_thread
+from .image_io import read_image
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -31,29 +31,6 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 # ----------------------------------------------------------------------------- decoding
 
-def read_image(path: str | Path, in_chans: int = 3) -> torch.Tensor:
-    """Decode a file to a float (C, H, W) tensor in [0, 1]; RGB, or grayscale when in_chans == 1.
-
-    Palette/CMYK/16-bit images are converted, transparency is composited on white, EXIF rotation
-    is applied. Raises whatever Pillow raises for unreadable or truncated files.
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im.load()  # decode now: truncated/corrupt data fails here, not later
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale
-            arr = np.asarray(im, dtype=np.float32)
-            arr = np.clip(arr / (65535.0 if arr.max() > 255 else 255.0), 0, 1)[None]
-            x = torch.from_numpy(np.ascontiguousarray(arr))
-            return x if in_chans == 1 else x.expand(3, -1, -1).contiguous()
-        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-            rgba = im.convert("RGBA")
-            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        im = im.convert("L" if in_chans == 1 else "RGB")
-        arr = np.array(im, dtype=np.uint8)  # a writable copy
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255)
 
 
 # ----------------------------------------------------------------------------- transforms

@@ -2,7 +2,7 @@
 
 Input per sample: an (N, 3) float tensor of points normalised to the unit sphere. Meshes (.off, .obj,
 .ply, .stl) are sampled uniformly on their surface (`mesh_points` points, fixed seed), point files
-(.ply vertices, .xyz/.txt rows `x,y,z[,nx,ny,nz]`, .npy arrays) are read as they are; then
+(.ply vertices, .xyz/.txt/.pts rows `x,y,z[,...]`, .npy/.npz arrays) are read as they are; then
 farthest-point sampling keeps `num_points`, and the result is centred and scaled to the unit sphere.
 
 The network (`PointCloudNet`) turns the points into images the backbone reads: per-point features
@@ -34,10 +34,11 @@ from ..engine.plugin import register_plugin
 from ..models.registry import create_model
 from ..models.weights import IMAGENET_MEAN, IMAGENET_STD
 from .files import Sample, check_classes, file_datasets, one_thread, read_csv
+from . import mesh_io
 
 
 MESH_EXTENSIONS = (".off", ".obj", ".stl", ".ply")
-POINT_EXTENSIONS = (".xyz", ".txt", ".npy")  # and .ply files without faces
+POINT_EXTENSIONS = (".xyz", ".txt", ".pts", ".npy", ".npz")  # and .ply files without faces
 EXTENSIONS = MESH_EXTENSIONS + POINT_EXTENSIONS
 ROTATIONS = ("up", "so3", "none")
 UP_AXES = {"x": (1, 2, 0), "y": (2, 0, 1), "z": (0, 1, 2)}  # (horizontal a, horizontal b, up)
@@ -72,21 +73,15 @@ def read_mesh_or_points(path: str | Path, mesh_points: int) -> np.ndarray:
     ext = path.suffix.lower()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    if ext == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read .npy array: {e}") from e
-        if arr.ndim != 2 or arr.shape[1] < 3 or not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"{path}: expected a numeric (N, 3+) array of x,y,z[,...] rows, got "
-                             f"shape {arr.shape} dtype {arr.dtype}")
-        points = arr[:, :3].astype(np.float32)
-    elif ext in (".xyz", ".txt"):
-        points = _read_text_points(path)
+    if ext in (".npy", ".npz"):
+        points = mesh_io.read_array_points(path)
+    elif ext in (".xyz", ".txt", ".pts"):
+        points = mesh_io.read_text_points(path)
     elif ext in MESH_EXTENSIONS:
         points = _read_mesh(path, mesh_points)
     else:
         raise ValueError(f"{path}: unsupported point-cloud file '{ext}' (use {', '.join(EXTENSIONS)})")
+    points = mesh_io.to_float32(points)
     if len(points) == 0:
         raise ValueError(f"{path}: the file holds no points")
     _check_finite(path, points)
@@ -95,32 +90,28 @@ def read_mesh_or_points(path: str | Path, mesh_points: int) -> np.ndarray:
     return points
 
 
-def _read_text_points(path: Path) -> np.ndarray:
-    """Rows of x,y,z[,nx,ny,nz,...] separated by commas or whitespace (ModelNet40 resampled)."""
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line_no, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            fields = text.replace(",", " ").split()
-            try:
-                values = [float(v) for v in fields[:3]]
-            except ValueError as e:
-                raise ValueError(f"{path}, line {line_no}: not a number in {text[:60]!r}; expected "
-                                 "rows of x,y,z[,nx,ny,nz]") from e
-            if len(values) < 3:
-                raise ValueError(f"{path}, line {line_no}: {len(fields)} value(s); expected rows of "
-                                 "x,y,z[,nx,ny,nz]")
-            rows.append(values)
-    return np.asarray(rows, dtype=np.float32).reshape(-1, 3)
+def _load_mesh(path: Path, trimesh):
+    """The trimesh object of a mesh file, read by mesh_io where trimesh misreads the variant."""
+    ext = path.suffix.lower()
+    if ext == ".off":
+        return trimesh.Trimesh(*mesh_io.read_off(path), process=False)
+    if ext == ".obj":
+        return mesh_io.load_obj(path, trimesh)
+    try:
+        return trimesh.load(str(path), process=False)
+    except Exception:
+        if ext != ".ply":
+            raise
+        return trimesh.Trimesh(*mesh_io.read_ply(path), process=False)  # see mesh_io.read_ply
 
 
 def _read_mesh(path: Path, mesh_points: int) -> np.ndarray:
     trimesh = _trimesh()
     try:
-        loaded = trimesh.load(str(path), process=False)
+        loaded = _load_mesh(path, trimesh)
     except Exception as e:
+        if isinstance(e, ValueError) and str(e).startswith(f"{path}: "):
+            raise
         raise ValueError(f"{path}: cannot read mesh: {type(e).__name__}: {e}") from e
     if isinstance(loaded, trimesh.Scene):
         if not loaded.geometry:
@@ -132,11 +123,11 @@ def _read_mesh(path: Path, mesh_points: int) -> np.ndarray:
         raise ValueError(f"{path}: empty mesh (no vertices)")
     _check_finite(path, vertices)
     if len(faces) == 0:  # a point cloud (.ply vertices only)
-        return vertices.astype(np.float32)
+        return vertices
     if not loaded.area > 0:
         raise ValueError(f"{path}: degenerate mesh: its {len(faces)} faces have zero total area")
     points, _ = trimesh.sample.sample_surface(loaded, mesh_points, seed=0)
-    return np.asarray(points, dtype=np.float32)
+    return points
 
 
 def normalize_unit_sphere(points: torch.Tensor) -> torch.Tensor:

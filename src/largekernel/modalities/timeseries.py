@@ -30,6 +30,7 @@ from ..engine.data import DataBundle
 from ..engine.metrics import regression_errors
 from ..engine.plugin import Plugin, register_plugin
 from ..models.registry import create_model
+from . import table_io
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def _check_times(times: np.ndarray, path: str, first_line: int) -> None:
     if (diff == 0).any():
         i = int(np.flatnonzero(diff == 0)[0]) + 1
         raise ValueError(f"{path}: duplicate timestamp {times[i]} (lines {i - 1 + first_line} and "
-                         f"{i + first_line}); remove or aggregate duplicate rows")
+                         f"{i + first_line}); remove or aggregate duplicate rows (local clock times repeat "
+                         "when daylight saving time ends: write them in UTC or with their UTC offset)")
     if (diff < 0).any():
         i = int(np.flatnonzero(diff < 0)[0]) + 1
         raise ValueError(f"{path}: timestamps are not sorted (line {i + first_line}: {times[i]} comes "
@@ -100,7 +102,7 @@ def read_csv_series(path: Path, time_column: str | None, targets: list[str] | No
                     missing: str) -> Series:
     pd = _pandas()
     try:
-        df = pd.read_csv(path, skipinitialspace=True)
+        df = pd.read_csv(path, skipinitialspace=True, **table_io.sniff_csv(path))
     except Exception as e:  # pandas' parser errors (empty file, ragged rows)
         raise ValueError(f"{path}: cannot read CSV: {e}") from e
     if df.empty:
@@ -118,13 +120,7 @@ def read_csv_series(path: Path, time_column: str | None, targets: list[str] | No
         if raw.isna().any():
             i = int(np.flatnonzero(raw.isna().to_numpy())[0])
             raise ValueError(f"{path}: line {i + line0} has no timestamp in column {time_column!r}")
-        parsed = pd.to_datetime(raw.astype(str), errors="coerce")
-        if parsed.isna().any():
-            i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise ValueError(f"{path}: line {i + line0}: cannot parse timestamp {raw.iloc[i]!r} in "
-                             f"column {time_column!r}; use ISO dates such as 2024-01-31 13:00")
-        if getattr(parsed.dt, "tz", None) is not None:
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        parsed = table_io.parse_times(pd, raw, path, time_column, line0)
         times = parsed.to_numpy().astype("datetime64[s]")
         _check_times(times, str(path), line0)
     available = [c for c in names if c != time_column]
@@ -139,7 +135,7 @@ def read_csv_series(path: Path, time_column: str | None, targets: list[str] | No
         raise ValueError(f"{path}: no value columns besides the timestamp column {time_column!r}")
     values = np.empty((len(df), len(columns)))
     for v, c in enumerate(columns):
-        num = pd.to_numeric(df[c], errors="coerce")
+        num = table_io.to_numbers(pd, df[c])
         text = df[c].astype(str).str.strip()
         bad = (num.isna() & df[c].notna() & (text != "")).to_numpy()
         if bad.any():
@@ -149,6 +145,11 @@ def read_csv_series(path: Path, time_column: str | None, targets: list[str] | No
         values[:, v] = num.to_numpy(dtype=np.float64, na_value=np.nan)
     x = (times.astype(np.int64) if times is not None else np.arange(len(values))).astype(np.float64)
     values = _fill_missing(values, columns, missing, str(path), line0, x)
+    if times is not None:
+        times, on_grid = table_io.regular_grid(times, values, path, line0, missing)
+        if len(on_grid) > len(values):  # missing steps inserted: interpolate them in time
+            x = times.astype(np.int64).astype(np.float64)
+            values = _fill_missing(on_grid, columns, missing, str(path), 0, x)
     return Series(values, times, columns, str(path))
 
 
@@ -200,21 +201,25 @@ def time_features(times: np.ndarray | None, n: int | None = None) -> np.ndarray:
 
 
 def infer_season(times: np.ndarray | None) -> int:
-    """Season length from the median step: 24 hourly, 48 half-hourly, 96 15-min, 60 per-minute, 7
-    daily (5 for trading days without weekends), 52 weekly, 12 monthly; 1 when unknown."""
-    if times is None or len(times) < 2:
+    """Season length of the series' grid: 60 per-minute (the hour), a day of sub-daily steps that
+    divide it (24 hourly, 48 half-hourly, 96 15-min, 8 3-hourly...), 7 daily (5 for trading days
+    without weekends), 52 weekly, 12 monthly, 4 quarterly (12 / months per step
+    for steps of 2, 4, 6 months); 1 yearly or unknown."""
+    if times is None or len(times) < 3:
         return 1
-    step = float(np.median(np.diff(times.astype(np.int64))))  # seconds
-    day = 86400.0
-    table = [(60, 60), (900, 96), (1800, 48), (3600, 24), (7 * day, 52)]
-    for seconds, season in table:
-        if abs(step - seconds) < 0.01 * seconds:
-            return season
-    if abs(step - day) < 0.01 * day:
+    kind, step = table_io.grid_step(times)
+    day = table_io.DAY
+    if kind == "months":
+        return 12 // step if step < 12 else 1
+    if kind == "days" or step == day:
         weekday = (times.astype("datetime64[D]").astype(np.int64) + 3) % 7
         return 7 if (weekday >= 5).any() else 5
-    if 28 * day <= step <= 31 * day:
-        return 12
+    if step == 60:
+        return 60
+    if 0 < step < day and day % step == 0:
+        return day // step
+    if step == 7 * day:
+        return 52
     return 1
 
 
@@ -656,8 +661,7 @@ class TimeSeriesModality(Plugin):
         end = n - horizon if backtest else n
         times = series.times
         if times is not None:
-            step = np.median(np.diff(times[:end].astype(np.int64))).astype(np.int64) if end > 1 else 1
-            future_t = (times[end - 1] + np.arange(1, horizon + 1) * step).astype("datetime64[s]")
+            future_t = table_io.future_times(times[:end], horizon)
             if backtest:
                 future_t = times[end:end + horizon]
         else:

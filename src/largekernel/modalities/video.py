@@ -31,6 +31,7 @@ from ..engine.data import DataBundle, Skipped
 from ..engine.plugin import register_plugin
 from .files import Sample, file_datasets, folder_or_csv, one_thread
 from .image import resolve_mean_std
+from . import video_io
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +56,10 @@ def count_frames(path: str | Path) -> int:
     """Frames in the first video stream: the container's count, else its packets (no decoding)."""
     av = _av()
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path}: the file has no video stream")
-        stream = container.streams.video[0]
+        stream = video_io.video_stream(container, path)
         if stream.frames > 0:
             return int(stream.frames)
         return sum(1 for p in container.demux(stream) if p.size > 0)
-
-
-def _decode(path: str | Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
-    """Decode frames in order until the last wanted index; -> (wanted frames as RGB uint8, frames seen)."""
-    av = _av()
-    frames: dict[int, np.ndarray] = {}
-    last, seen = max(wanted), 0
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path}: the file has no video stream")
-        stream = container.streams.video[0]
-        for i, frame in enumerate(container.decode(stream)):
-            seen = i + 1
-            if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
-    return frames, seen
 
 
 def read_frames(path: str | Path, indices_for: Callable[[int], np.ndarray]) -> np.ndarray:
@@ -93,12 +74,12 @@ def read_frames(path: str | Path, indices_for: Callable[[int], np.ndarray]) -> n
         if n == 0:
             raise ValueError("no decodable video frames")
         idx = np.asarray(indices_for(n))
-        frames, seen = _decode(path, set(idx.ravel().tolist()))
+        frames, seen, _ = video_io.decode_frames(path, set(idx.ravel().tolist()), _av())
         if seen == 0:
             raise ValueError("no decodable video frames")
         if len(frames) < len(set(idx.ravel().tolist())):  # fewer frames than announced
             idx = np.asarray(indices_for(seen))
-            frames, seen = _decode(path, set(idx.ravel().tolist()))
+            frames, seen, _ = video_io.decode_frames(path, set(idx.ravel().tolist()), _av())
     except Exception as e:  # any decoder failure names the file
         if isinstance(e, ValueError) and str(e).startswith(f"{path}: "):
             raise
