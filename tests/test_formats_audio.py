@@ -11,7 +11,7 @@ import torch
 sf = pytest.importorskip("soundfile")
 pytest.importorskip("soxr")
 
-from largekernel.engine.config import TrainConfig  # noqa: E402
+from largekernel.engine.config import resolve_config  # noqa: E402
 from largekernel.modalities import audio  # noqa: E402
 from largekernel.modalities.audio import FrontEnd, read_audio  # noqa: E402
 
@@ -107,7 +107,7 @@ def test_a_libsndfile_without_mp3_says_what_is_needed(tmp_path, monkeypatch):
 
 
 def test_clip_shorter_than_the_window_is_padded(tmp_path):
-    cfg = TrainConfig(modality="audio", target_frames=100, mel_bins=32, audio_mean=0.0, audio_std=1.0)
+    cfg = resolve_config(overrides=dict(modality="audio", target_frames=100, mel_bins=32, audio_mean=0.0, audio_std=1.0))
     sf.write(tmp_path / "blip.wav", tone(0.05), RATE, subtype="PCM_16")  # 50 ms: 4 frames
     x = audio.AudioModality().load(tmp_path / "blip.wav", cfg)
     assert x.shape == (cfg.in_chans, 100, 32)
@@ -119,7 +119,7 @@ def test_long_files_are_read_as_a_window_not_whole(tmp_path):
     rng = np.random.default_rng(0)
     long = (rng.standard_normal(RATE * 600) * 0.1).astype(np.float32)
     sf.write(tmp_path / "long.wav", long, RATE, subtype="FLOAT")
-    window = FrontEnd(TrainConfig(modality="audio", audio_std=1.0)).samples
+    window = FrontEnd(resolve_config(overrides=dict(modality="audio", audio_std=1.0))).samples
     tracemalloc.start()
     y = read_audio(tmp_path / "long.wav", RATE, window)
     peak = tracemalloc.get_traced_memory()[1]

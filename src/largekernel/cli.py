@@ -445,15 +445,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Predict each file; unreadable files are reported by name (exit 1 if none could be read)."""
     from .engine.inference import Trained, load_trained, predict_files
     from .engine.config import TrainConfig
+    from .labels import class_names_for
     from .models.registry import create_model, get_pretrained_cfg
 
     if args.checkpoint:
         trained = load_trained(args.checkpoint, args.model)
+        if trained.classes is None:  # an authors' file: ImageNet names when its head has 1000/21841 classes
+            trained.classes = class_names_for(trained.model)
     elif args.model:
         pcfg = get_pretrained_cfg(args.model)
         model = create_model(args.model, pretrained=True).eval()
         cfg = TrainConfig(model=args.model, input_size=pcfg.input_size[-1], crop_pct=pcfg.crop_pct)
-        trained = Trained(model, cfg, None, None)
+        trained = Trained(model, cfg, class_names_for(model), None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
     own = {"command", "func", "verbose", "quiet", "paths", "checkpoint", "model", "topk", "json", "missing"}
