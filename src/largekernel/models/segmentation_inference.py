@@ -82,7 +82,7 @@ def rescale_logits(logits: torch.Tensor, img_shape: Sequence[int], ori_shape: Se
     return resize(logits[:, :, :h, :w], _pair(tuple(ori_shape), "ori_shape"))
 
 
-def test_size(height: int, width: int, scale: Sequence[int] = (2048, 512), ratio: float = 1.0,
+def network_input_size(height: int, width: int, scale: Sequence[int] = (2048, 512), ratio: float = 1.0,
               size_divisor: int | None = 32) -> Size:
     """The network input size of the authors' test pipeline for an H x W image, as (h, w).
 
@@ -107,7 +107,7 @@ def predict_probs(model: nn.Module, image: torch.Tensor, ratios: Sequence[float]
     """Class probabilities (B x classes x H x W) for a normalised image batch at its original size.
 
     Each view (every ratio, each with and without horizontal flip when `flip`) is resized by
-    `test_size` (`scale=None`: only the ratio, no divisor rounding), run (whole or slide), its
+    `network_input_size` (`scale=None`: only the ratio, no divisor rounding), run (whole or slide), its
     logits resized back to H x W and softmaxed; flipped views are flipped back; the views'
     probabilities are averaged (mmseg's aug_test). The authors' multi-scale setting:
     ratios (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) with flip.
@@ -118,7 +118,7 @@ def predict_probs(model: nn.Module, image: torch.Tensor, ratios: Sequence[float]
         if scale is None:
             size = (int(ori[0] * r + 0.5), int(ori[1] * r + 0.5))
         else:
-            size = test_size(ori[0], ori[1], scale, r, size_divisor)
+            size = network_input_size(ori[0], ori[1], scale, r, size_divisor)
         view = image if size == ori else resize(image, size)
         for flipped in ((False, True) if flip else (False,)):
             x = view.flip(-1) if flipped else view
