@@ -29,8 +29,32 @@ IGNORE_INDEX = 255
 
 
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize with align_corners=False, mmseg's only resize mode."""
-    return F.interpolate(x, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    """Bilinear resize with align_corners=False, mmseg's only resize mode. Sizes stay symbolic
+    under torch.export (no int() on them), so exported models keep a dynamic H and W."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _pool_matrix(size, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """bins x size averaging matrix of adaptive pooling: bin i spans [floor(i n / b), ceil((i+1) n / b))."""
+    i = torch.arange(bins, device=like.device).unsqueeze(1)
+    j = torch.arange(size, device=like.device).unsqueeze(0)
+    inside = (j >= (i * size) // bins) & (j < ((i + 1) * size + bins - 1) // bins)
+    weights = inside.to(like.dtype)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d that, under torch.export / ONNX export, pools with two averaging
+    matrices built from the symbolic input size: the stock decomposition bakes the traced size
+    into gather indices, so an exported model would fail at other input sizes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
+            return super().forward(x)
+        bh, bw = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
+        rows = _pool_matrix(x.shape[-2], bh, x)
+        cols = _pool_matrix(x.shape[-1], bw, x)
+        return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
 
 
 class ConvModule(nn.Module):
@@ -86,7 +110,7 @@ class UPerHead(nn.Module):
         self.conv_seg = nn.Conv2d(channels, num_classes, 1, device=device, dtype=dtype)
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
         self.psp_modules = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels[-1], channels, 1, **dd))
+            nn.Sequential(AdaptiveAvgPool2d(s), ConvModule(in_channels[-1], channels, 1, **dd))
             for s in self.pool_scales)
         self.bottleneck = ConvModule(in_channels[-1] + len(self.pool_scales) * channels, channels, 3,
                                      padding=1, **dd)
