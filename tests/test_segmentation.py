@@ -605,3 +605,29 @@ def test_learns_synthetic_scenes(tmp_path):
             majority.update(np.full_like(mask, counts.argmax()), mask)
     got, base = learned.compute()["mIoU"], majority.compute()["mIoU"]
     assert got > 0.45 and got > 3 * base, (got, base)
+
+
+def test_safetensors_round_trip_through_model_from_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = simulate_trained_statistics(
+        lk.create_model("upernet_unireplknet_a", num_classes=4, channels=24, aux_channels=12)).eval()
+    path = lk.save_checkpoint(model, tmp_path / "seg.safetensors")
+    rebuilt = lk.model_from_checkpoint(path).eval()
+    assert isinstance(rebuilt, UPerNet) and rebuilt.model_args == model.model_args
+    x = image(1, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("name,gmacs", [("upernet_unireplknet_t", 946), ("upernet_unireplknet_s", 1036)])
+def test_flops_match_the_published_table(name, gmacs):
+    """The README's FLOPs are mmcv's multiply-accumulates at 512 x 2048 (spec section 9); ours on
+    the meta device, deploy form (the auxiliary head is in the model but not in the count: it runs
+    in train mode only)."""
+    from largekernel.tools.info import model_info
+
+    info = model_info(name, input_size=(512, 2048))
+    # ours counts conv/linear MACs; mmcv's counter also counts norms, activations, pooling and
+    # upsampling (elementwise, a fraction of a percent) and the table rounds to 1G: 0.1% apart at most
+    assert abs(info.macs / 1e9 - gmacs) / gmacs < 1e-3, info.macs
+    assert info.feature_strides == (4, 8, 16, 32)

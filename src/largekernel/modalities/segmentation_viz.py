@@ -6,7 +6,6 @@ from typing import Sequence
 
 import numpy as np
 
-IGNORE_COLOUR = (0, 0, 0)
 
 
 def default_palette(num_classes: int) -> np.ndarray:

@@ -207,8 +207,18 @@ class UPerNet(nn.Module):
 
     @property
     def model_args(self) -> dict:
-        """Constructor arguments (heads) plus the backbone's, in the current form."""
-        return dict(self._args, backbone=self.backbone.model_args, deploy=self.deploy)
+        """The `build_segmenter` arguments that rebuild this model in its current form (also what
+        `save_checkpoint` records, so `model_from_checkpoint` rebuilds a saved segmenter)."""
+        bb = self.backbone.model_args
+        args = {k: bb[k] for k in ("depths", "dims", "kernel_sizes", "in_chans", "drop_path_rate",
+                                   "layer_scale_init_value")}
+        args.update({k: v for k, v in self._args.items() if k != "aux_in_index"})
+        return dict(args, deploy=self.deploy)
+
+    @property
+    def feature_info(self):
+        """The backbone's feature maps (channels, strides) the heads consume."""
+        return self.backbone.feature_info
 
     def encode_decode(self, x: torch.Tensor) -> torch.Tensor:
         """Decode-head logits resized to x's size (mmseg's encode_decode)."""

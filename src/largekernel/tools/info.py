@@ -91,7 +91,10 @@ def count_macs(model: nn.Module, input_size: int | Sequence[int] = 224, in_chans
 
 
 def _size_order(name: str) -> int:
-    return list(VARIANTS).index(split_model_name(name)[0])
+    """Classifiers smallest first, then the segmenters (upernet_*) smallest first."""
+    arch = split_model_name(name)[0]
+    segmenter = arch.startswith("upernet_")
+    return len(VARIANTS) * segmenter + list(VARIANTS).index(arch.removeprefix("upernet_"))
 
 
 def resolve_model_names(patterns: Sequence[str] = ()) -> list[str]:
