@@ -631,3 +631,41 @@ def test_flops_match_the_published_table(name, gmacs):
     # upsampling (elementwise, a fraction of a percent) and the table rounds to 1G: 0.1% apart at most
     assert abs(info.macs / 1e9 - gmacs) / gmacs < 1e-3, info.macs
     assert info.feature_strides == (4, 8, 16, 32)
+
+
+@needs_fixture
+def test_authors_backbone_file_features():
+    """The authors' dense-backbone file (backbone.* + a stray decode_head.conv_seg) initialises the
+    segmenter's backbone only, and its features are the authors'."""
+    io = torch.load(FIXTURES / "unireplknet_a_backbone_io.pt", weights_only=True)
+    model = lk.create_model("upernet_unireplknet_a", num_classes=7,
+                            checkpoint_path=FIXTURES / "unireplknet_a_backbone_mmseg.pth").eval()
+    assert model.decode_head.channels == 512  # not a segmentation checkpoint: the default widths
+    with torch.no_grad():
+        for got, want in zip(model.backbone(io["input"]), io["features"]):
+            assert (got - want).abs().max() < TOL
+
+
+@needs_fixture
+def test_pretrained_backbone_from_hub_cache_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from largekernel.models.hub import PretrainedNotAvailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--DingXiaoH--UniRepLKNet"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    src = FIXTURES / "unireplknet_a_train.pth"
+    (repo / "snapshots" / commit / "unireplknet_a_in1k_224_acc77.03.pth").write_bytes(src.read_bytes())
+    model = lk.create_model("upernet_unireplknet_a", num_classes=4, pretrained_backbone=True,
+                            cache_dir=tmp_path)
+    ref = torch.load(src, weights_only=True)
+    assert torch.equal(model.backbone.stages[3][1].pwconv1[1].weight, ref["stages.3.1.pwconv1.1.weight"])
+    with pytest.raises(PretrainedNotAvailable, match="no ADE20K weights with a known file name"):
+        lk.create_model("upernet_unireplknet_a", pretrained=True, cache_dir=tmp_path)
+    with pytest.raises(PretrainedNotAvailable, match="upernet_unireplknet_t_512_160k_ade20k_miou48.56.pth"):
+        lk.create_model("upernet_unireplknet_t", pretrained=True, cache_dir=tmp_path)
