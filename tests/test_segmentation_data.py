@@ -264,3 +264,17 @@ def test_label_png_and_overlay(tmp_path):
     assert lp.name == "img1.png" and op.name == "img1_overlay.png" and op.is_file()
     with pytest.raises(ValueError, match="differ in size"):
         overlay(image, np.zeros((3, 3), dtype=int))
+
+
+def test_cityscapes_layout(tmp_path):
+    for city in ("aachen", "bremen"):
+        write_rgb(tmp_path / "leftImg8bit" / "train" / city / f"{city}_000000_000019_leftImg8bit.png")
+        write_index(tmp_path / "gtFine" / "train" / city / f"{city}_000000_000019_gtFine_labelTrainIds.png",
+                    np.full((12, 16), 18))
+    info = find_samples(tmp_path, "train")
+    assert info.layout == "cityscapes" and info.num_classes == 19 and len(info.samples) == 2
+    assert info.samples[0].mask.endswith("aachen/aachen_000000_000019_gtFine_labelTrainIds.png")
+    assert load_pair(info.samples[1], 19)[1].max() == 18
+    write_rgb(tmp_path / "leftImg8bit" / "train" / "bremen" / "bremen_000001_000019_leftImg8bit.png")
+    with pytest.raises(SegmentationDataError, match="1 image.*createTrainIdLabelImgs"):
+        find_samples(tmp_path, "train")

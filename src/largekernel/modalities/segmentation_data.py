@@ -21,7 +21,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # The authors' normalisation, on the 0-255 scale (RGB).
 MEAN_255 = (123.675, 116.28, 103.53)
 STD_255 = (58.395, 57.12, 57.375)
-LAYOUTS = ("ade20k", "voc", "folders", "csv")
+LAYOUTS = ("ade20k", "voc", "cityscapes", "folders", "csv")
 
 
 class SegmentationDataError(ValueError):
@@ -164,12 +164,15 @@ def detect_layout(root: str | Path) -> str:
         return "ade20k"
     if any((r / "ImageSets" / "Segmentation").is_dir() for r in _voc_roots(root)):
         return "voc"
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return "cityscapes"
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return "folders"
     raise SegmentationDataError(
         f"{root}: no known segmentation layout. Use one of: ADE20K (ADEChallengeData2016/images|"
         "annotations/training|validation), Pascal VOC 2012 (JPEGImages, SegmentationClass, "
-        "ImageSets/Segmentation/{train,val}.txt), images/ + masks/ folders (optionally with "
+        "ImageSets/Segmentation/{train,val}.txt), Cityscapes (leftImg8bit/, gtFine/ with "
+        "*_gtFine_labelTrainIds.png), images/ + masks/ folders (optionally with "
         "train/ and val/ inside each), or a CSV file with image,mask columns")
 
 
@@ -210,6 +213,23 @@ def find_samples(root: str | Path, split: str = "train", layout: str = "auto") -
                 f"{listing}: {len(missing)} listed name(s) lack JPEGImages/<name>.jpg or "
                 f"SegmentationClass/<name>.png: {', '.join(missing[:5])}")
         return SegDatasetInfo(samples, "voc", 21, None, reduce_zero_label=False)
+    if layout == "cityscapes":
+        images = root / "leftImg8bit" / split
+        if not images.is_dir():
+            raise SegmentationDataError(f"{root}: no leftImg8bit/{split} folder (Cityscapes layout)")
+        found = sorted(images.rglob("*_leftImg8bit.png"))
+        samples, missing = [], []
+        for img in found:
+            rel = img.relative_to(images).as_posix().replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+            mask = root / "gtFine" / split / rel
+            (samples.append(SegSample(str(img), str(mask))) if mask.is_file() else missing.append(str(img)))
+        if missing:
+            raise SegmentationDataError(
+                f"Cityscapes {split}: {len(missing)} image(s) lack gtFine/.../*_gtFine_labelTrainIds.png "
+                f"(make them with cityscapesscripts' createTrainIdLabelImgs): {', '.join(missing[:3])}")
+        if not samples:
+            raise SegmentationDataError(f"{images}: no *_leftImg8bit.png images")
+        return SegDatasetInfo(samples, "cityscapes", 19, None, reduce_zero_label=False)
     if layout == "folders":
         images, masks = root / "images", root / "masks"
         if (images / split).is_dir():
