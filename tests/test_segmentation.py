@@ -669,3 +669,16 @@ def test_pretrained_backbone_from_hub_cache_offline(tmp_path, monkeypatch):
         lk.create_model("upernet_unireplknet_a", pretrained=True, cache_dir=tmp_path)
     with pytest.raises(PretrainedNotAvailable, match="upernet_unireplknet_t_512_160k_ade20k_miou48.56.pth"):
         lk.create_model("upernet_unireplknet_t", pretrained=True, cache_dir=tmp_path)
+
+
+def test_info_cli_lists_segmenters():
+    import json
+
+    from clitools import run_cli
+
+    code, out, _ = run_cli(["info", "upernet_unireplknet_a", "--input-size", "64", "--json"])
+    assert code == 0
+    (info,) = json.loads(out)
+    assert info["model"] == "upernet_unireplknet_a" and info["feature_channels"] == [40, 80, 160, 320]
+    n = sum(p.numel() for p in lk.create_model("upernet_unireplknet_a", device="meta").parameters())
+    assert info["params_train"] == n
