@@ -162,6 +162,10 @@ def test_registry_and_spec_counts():
                                            ("a", "b", "f", "l", "n", "p", "s", "t", "xl")]
     model = lk.create_model("upernet_unireplknet_t", num_classes=150, device="meta")
     assert isinstance(model, UPerNet) and model.name == "upernet_unireplknet_t"
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 512, 512) and cfg["test_scale"] == (2048, 512)
+    assert [round(m * 255, 3) for m in cfg["mean"]] == [123.675, 116.28, 103.53]  # the configs' 0-255 values
+    assert [round(s * 255, 3) for s in cfg["std"]] == [58.395, 57.12, 57.375]
     sd = model.state_dict()
     assert len(sd) == 1202  # spec: the whole T checkpoint
     numel = lambda p: sum(v.numel() for k, v in sd.items() if k.startswith(p) and "num_batches" not in k)

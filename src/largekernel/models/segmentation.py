@@ -385,6 +385,7 @@ def create_segmenter(model_name: str, pretrained: bool = False,
     depths, dims = VARIANTS[SEGMENTERS[arch]]
     model = build_segmenter(depths, dims, **kwargs)
     model.name = arch
+    model.pretrained_cfg = segmenter_cfg(arch, model.num_classes)
     if pretrained_backbone:
         from .hub import resolve_pretrained_file
         from .registry import get_pretrained_cfg
@@ -395,6 +396,16 @@ def create_segmenter(model_name: str, pretrained: bool = False,
     if sd is not None:
         load_segmenter_checkpoint(model, checkpoint_path, state_dict=sd)
     return model
+
+
+def segmenter_cfg(arch: str, num_classes: int) -> dict:
+    """What the authors' ADE20K configs expect of inputs: crop, test resize, normalisation (0-1 scale)."""
+    from .registry import IMAGENET_MEAN, IMAGENET_STD
+
+    return {"architecture": arch, "num_classes": num_classes, "input_size": (3, 512, 512),
+            "crop_size": (512, 512), "test_scale": (2048, 512), "size_divisor": 32,
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "ignore_index": IGNORE_INDEX,
+            "ade20k_file": ADE20K_FILES.get(arch)}
 
 
 def _fill_head_kwargs(kwargs: dict, sd: dict[str, torch.Tensor], path) -> None:
@@ -592,5 +603,6 @@ def segmenter_from_checkpoint(path: str | Path, model_name: str | None = None, *
         raise ValueError(f"unknown segmentation model {name!r}; known: {', '.join(SEGMENTERS)}")
     model = build_segmenter(depths, dims, **args)
     model.name = name.split(".")[0]
+    model.pretrained_cfg = segmenter_cfg(model.name, model.num_classes)
     load_segmenter_checkpoint(model, path, state_dict=sd)
     return model
