@@ -220,10 +220,6 @@ class UPerNet(nn.Module):
         """The backbone's feature maps (channels, strides) the heads consume."""
         return self.backbone.feature_info
 
-    def encode_decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode-head logits resized to x's size (mmseg's encode_decode)."""
-        return resize(self.decode_head(self.backbone(x)), x.shape[2:])
-
     def forward(self, x: torch.Tensor):
         feats = self.backbone(x)
         logits = resize(self.decode_head(feats), x.shape[2:])
