@@ -278,3 +278,62 @@ def test_cityscapes_layout(tmp_path):
     write_rgb(tmp_path / "leftImg8bit" / "train" / "bremen" / "bremen_000001_000019_leftImg8bit.png")
     with pytest.raises(SegmentationDataError, match="1 image.*createTrainIdLabelImgs"):
         find_samples(tmp_path, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and prediction over files
+# ---------------------------------------------------------------------------------------------
+class Oracle(torch.nn.Module):
+    """A 'segmenter' that reads the scene's class back from its texture colour: it returns one-hot
+    logits of the nearest class colour, so its predictions are known in advance."""
+
+    def __init__(self, colours):
+        super().__init__()
+        self.colours = torch.tensor(colours, dtype=torch.float32)  # K x 3, normalised
+
+    def forward(self, x):
+        d = ((x[:, None] - self.colours[None, :, :, None, None]) ** 2).sum(2)
+        return -d
+
+
+def test_evaluate_and_predict_files(tmp_path):
+    from largekernel.metrics import mean_iou
+    from largekernel.modalities.segmentation_data import normalize
+    from largekernel.modalities.segmentation_eval import (InferenceOptions, evaluate_segmenter,
+                                                          format_iou_table, predict_files)
+
+    pal = default_palette(5)
+    labels = []
+    for i in range(3):
+        image, label, _ = coloured_scene(30, 44, seed=i)
+        label[label == 255] = 0
+        image = pal[label].astype(np.uint8)
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "images" / f"s{i}.png")
+        write_index(tmp_path / "masks" / f"s{i}.png", np.where(np.arange(44)[None] < 3, 255, label))
+        labels.append(label)
+    write_rgb(tmp_path / "images" / "bad.png", h=10, w=10)
+    write_index(tmp_path / "masks" / "bad.png", np.zeros((11, 10)))
+    model = Oracle(normalize(pal[None]).squeeze(1).T.tolist())
+    samples = find_samples(tmp_path).samples
+    opts = InferenceOptions(scale=None, size_divisor=None)
+    result = evaluate_segmenter(model, samples, 5, options=opts)
+    assert result.images == 3 and len(result.skipped) == 1 and "bad.png" in result.skipped[0]
+    masked = [np.where(np.arange(44)[None] < 3, 255, lab) for lab in labels]
+    want = mean_iou(labels, masked, 5)  # the oracle predicts every label exactly
+    assert result.metrics["mIoU"] == want["mIoU"] == 1.0 and result.metrics["aAcc"] == 1.0
+    table = format_iou_table(result, ["bg", "a", "b", "c", "d"])
+    assert "mIoU 100.00" in table and "1 skipped" in table
+    assert result.to_dict(["bg", "a", "b", "c", "d"])["IoU"]["bg"] == 1.0
+    with pytest.raises(SegmentationDataError, match="bad.png"):
+        evaluate_segmenter(model, samples, 5, options=opts, strict=True)
+    # flip + multi-scale + slide through the test resize still recovers the flat-colour regions
+    tta = InferenceOptions(scale=(88, 30), size_divisor=8, mode="slide", crop=24, stride=16,
+                           ratios=(1.0, 1.5), flip=True)
+    good = [s for s in samples if "bad" not in s.image]
+    assert evaluate_segmenter(model, good, 5, options=tta).metrics["aAcc"] > 0.95
+    paths = [tmp_path / "images" / "s0.png", tmp_path / "images" / "s1.png", tmp_path / "nope.png"]
+    records, skipped = predict_files(model, paths, tmp_path / "pred", opts, pal)
+    assert len(records) == 2 and len(skipped) == 1
+    assert np.array_equal(read_mask(records[0]["label"]), labels[0])
+    assert Image.open(records[0]["overlay"]).size == (44, 30)
