@@ -77,10 +77,13 @@ def test_folders_and_csv_layouts(tmp_path):
     make_seg_scenes(tmp_path / "scenes", train=3, val=2, size=(24, 32), seed=0)
     info = find_samples(tmp_path / "scenes", "val")
     assert info.layout == "folders" and info.num_classes == 6 and info.classes[0] == "background"
+    assert info.split_found
     assert [s.image.rsplit("/", 1)[-1] for s in info.samples] == ["scene_0000.png", "scene_0001.png"]
     csv = tmp_path / "scenes" / "pairs.csv"
     csv.write_text("image,mask\nimages/train/scene_0001.png,masks/train/scene_0001.png\n")
-    samples = find_samples(csv).samples
+    csv_info = find_samples(csv)
+    samples = csv_info.samples
+    assert not csv_info.split_found
     assert samples == [SegSample(str(tmp_path / "scenes/images/train/scene_0001.png"),
                                  str(tmp_path / "scenes/masks/train/scene_0001.png"))]
     csv.write_text("image,mask\nimages/train/scene_0001.png,masks/train/nope.png\n")
@@ -97,6 +100,7 @@ def test_missing_mask_size_mismatch_and_colour_mask_errors(tmp_path):
         find_samples(root)
     write_index(root / "masks" / "b.png", np.zeros((12, 15)))
     info = find_samples(root)
+    assert not info.split_found and len(info.samples) == 2  # no train/ val/ inside: the whole set
     with pytest.raises(SegmentationDataError, match=r"b.png: mask is 15x12 \(WxH\) but its image is 16x12"):
         load_pair(info.samples[1], 3)
     write_rgb(root / "masks" / "b.png")

@@ -38,13 +38,18 @@ class SegSample:
 
 @dataclass
 class SegDatasetInfo:
-    """What a layout implies: its samples, class count/names and whether labels are shifted."""
+    """What a layout implies: its samples, class count/names and whether labels are shifted.
+
+    `split_found` is False when the layout has no train/val split (folders without train/ and val/
+    inside, a CSV): the samples are then the whole set, for the caller to split.
+    """
 
     samples: list[SegSample]
     layout: str
     num_classes: int | None = None
     classes: list[str] | None = None
     reduce_zero_label: bool = False
+    split_found: bool = True
 
 
 # ----------------------------------------------------------------------------- reading
@@ -232,13 +237,16 @@ def find_samples(root: str | Path, split: str = "train", layout: str = "auto") -
         return SegDatasetInfo(samples, "cityscapes", 19, None, reduce_zero_label=False)
     if layout == "folders":
         images, masks = root / "images", root / "masks"
-        if (images / split).is_dir():
+        split_found = (images / split).is_dir()
+        if split_found:
             images, masks = images / split, masks / split
         samples = _pair_by_stem(_images_under(images), images, masks, f"{root} ({split})")
         classes = _read_classes(root)
-        return SegDatasetInfo(samples, "folders", len(classes) if classes else None, classes)
+        return SegDatasetInfo(samples, "folders", len(classes) if classes else None, classes,
+                              split_found=split_found)
     if layout == "csv":
-        return SegDatasetInfo(read_pairs_csv(root), "csv", None, _read_classes(root.parent))
+        return SegDatasetInfo(read_pairs_csv(root), "csv", None, _read_classes(root.parent),
+                              split_found=False)
     raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)} or 'auto'")
 
 
