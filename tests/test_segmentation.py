@@ -686,3 +686,23 @@ def test_info_cli_lists_segmenters():
     assert info["model"] == "upernet_unireplknet_a" and info["feature_channels"] == [40, 80, 160, 320]
     n = sum(p.numel() for p in lk.create_model("upernet_unireplknet_a", device="meta").parameters())
     assert info["params_train"] == n
+
+
+def test_recipe_tables():
+    """The spec's section 6 values, and the starting weights each variant's recipe names exist."""
+    from largekernel.models.segmentation import ADE20K_RECIPE, ADE20K_VARIANT_RECIPES
+
+    r = ADE20K_RECIPE
+    assert (r["iters"], r["batch_size"], r["lr"], r["weight_decay"], r["warmup_iters"]) == (
+        160_000, 16, 1e-4, 0.05, 1500)
+    assert r["aux_weight"] == 0.4 and r["cat_max_ratio"] == 0.75 and r["ratio_range"] == (0.5, 2.0)
+    rates = {k.rsplit("_", 1)[1]: (v["drop_path_rate"], v["layer_decay"])
+             for k, v in ADE20K_VARIANT_RECIPES.items()}
+    assert rates == {"t": (0.2, 1.0), "s": (0.3, 0.9), "b": (0.3, 0.9), "l": (0.4, 0.85)}
+    for name, v in ADE20K_VARIANT_RECIPES.items():
+        cfg = lk.get_pretrained_cfg(name.removeprefix("upernet_") + "." + v["pretrained_backbone"])
+        assert cfg.hf_hub_filename.endswith(".pth")
+    files = {k: lk.get_pretrained_cfg(k.removeprefix("upernet_") + "." + v["pretrained_backbone"]).hf_hub_filename
+             for k, v in ADE20K_VARIANT_RECIPES.items()}
+    assert files["upernet_unireplknet_t"] == "unireplknet_t_in1k_224_acc83.21.pth"  # spec section 1
+    assert files["upernet_unireplknet_b"] == "unireplknet_b_in22k_to_in1k_384_acc87.40.pth"

@@ -269,6 +269,25 @@ class UPerNet(nn.Module):
         return n
 
 
+# The released ADE20K configs (spec sections 5-6), as data for a training preset.
+ADE20K_RECIPE = dict(
+    iters=160_000, batch_size=16, crop=(512, 512), scale=(2048, 512), ratio_range=(0.5, 2.0),
+    cat_max_ratio=0.75, optimizer="adamw", lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05,
+    schedule="poly", poly_power=1.0, min_lr=0.0, warmup_iters=1500, warmup_ratio=1e-6,
+    aux_weight=0.4, ignore_index=IGNORE_INDEX, eval_interval=4000, num_classes=150,
+    reduce_zero_label=True, channels=512, aux_channels=256,
+)
+# Per backbone: drop-path rate, layer-wise lr decay rate, the ImageNet weights the run starts from.
+ADE20K_VARIANT_RECIPES = {
+    "upernet_unireplknet_t": dict(drop_path_rate=0.2, layer_decay=1.0, pretrained_backbone="in1k"),
+    "upernet_unireplknet_s": dict(drop_path_rate=0.3, layer_decay=0.9, pretrained_backbone="in1k"),
+    "upernet_unireplknet_b": dict(drop_path_rate=0.3, layer_decay=0.9,
+                                  pretrained_backbone="in22k_ft_in1k_384"),
+    "upernet_unireplknet_l": dict(drop_path_rate=0.4, layer_decay=0.85,
+                                  pretrained_backbone="in22k_ft_in1k_384"),
+}
+
+
 def poly_warmup_lr(i: int, total_iters: int, base_lr: float, warmup_iters: int = 1500,
                    warmup_ratio: float = 1e-6, power: float = 1.0, min_lr: float = 0.0) -> float:
     """The recipe's lr at 0-based iteration i: poly decay, times mmcv's linear warmup factor."""
