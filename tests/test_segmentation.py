@@ -706,3 +706,13 @@ def test_recipe_tables():
              for k, v in ADE20K_VARIANT_RECIPES.items()}
     assert files["upernet_unireplknet_t"] == "unireplknet_t_in1k_224_acc83.21.pth"  # spec section 1
     assert files["upernet_unireplknet_b"] == "unireplknet_b_in22k_to_in1k_384_acc87.40.pth"
+
+
+def test_loss_under_bf16_autocast():
+    model = tiny_segmenter()
+    x, label = image(2, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = segmentation_loss(model.train()(x), label)
+    assert r["loss"].dtype == torch.float32 and torch.isfinite(r["loss"])
+    r["loss"].backward()
+    assert model.decode_head.conv_seg.weight.grad is not None

@@ -150,6 +150,7 @@ def segmentation_loss(outputs: dict | torch.Tensor, label: torch.Tensor, aux_wei
         logits = outputs.get(key)
         if logits is None:
             continue
+        logits = logits.float()  # CE in float32 also under bf16/fp16 autocast
         if logits.shape[-2:] != label.shape[-2:]:
             logits = resize(logits, label.shape[-2:])
         loss = weight * F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="none").mean()
