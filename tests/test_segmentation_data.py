@@ -341,3 +341,14 @@ def test_evaluate_and_predict_files(tmp_path):
     assert len(records) == 2 and len(skipped) == 1
     assert np.array_equal(read_mask(records[0]["label"]), labels[0])
     assert Image.open(records[0]["overlay"]).size == (44, 30)
+
+
+def test_csv_without_header_and_swapped_columns(tmp_path):
+    write_rgb(tmp_path / "a.png")
+    write_index(tmp_path / "a_mask.png", np.zeros((12, 16)))
+    (tmp_path / "plain.csv").write_text("a.png,a_mask.png\nb.png,a_mask.png\n")
+    with pytest.raises(SegmentationDataError, match=r"line 2: .*b.png"):
+        find_samples(tmp_path / "plain.csv")
+    (tmp_path / "swapped.csv").write_text("mask,image\na_mask.png,a.png\n")
+    assert find_samples(tmp_path / "swapped.csv").samples == [
+        SegSample(str(tmp_path / "a.png"), str(tmp_path / "a_mask.png"))]

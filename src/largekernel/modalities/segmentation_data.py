@@ -258,13 +258,10 @@ def read_pairs_csv(path: str | Path) -> list[SegSample]:
     if not rows:
         raise SegmentationDataError(f"{path} is empty; it needs image,mask rows")
     header = [c.strip().lower() for c in rows[0]]
-    if "image" in header and "mask" in header:
-        i, m = header.index("image"), header.index("mask")
-        rows = rows[1:]
-    else:
-        i, m = 0, 1
+    has_header = "image" in header and "mask" in header
+    i, m = (header.index("image"), header.index("mask")) if has_header else (0, 1)
     samples, missing = [], []
-    for n, row in enumerate(rows, start=2 if header[:1] == ["image"] else 1):
+    for n, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
         if not row or not "".join(row).strip():
             continue
         if len(row) <= max(i, m):
