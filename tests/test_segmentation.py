@@ -281,6 +281,15 @@ def test_fixture_through_create_model(seg_io):
 
 
 @needs_fixture
+def test_fixture_meta():
+    from largekernel.models.segmentation import read_segmenter_meta
+
+    meta = read_segmenter_meta(SEG_CKPT)
+    assert meta["classes"][:3] == ["wall", "building", "sky"] and len(meta["classes"]) == 7
+    assert meta["palette"][2] == (6, 230, 230)
+
+
+@needs_fixture
 def test_fixture_deploy(official, seg_io):
     folded_on_load = segmenter_from_checkpoint(SEG_CKPT, deploy=True).eval()
     assert folded_on_load.deploy
@@ -295,8 +304,12 @@ def test_fixture_deploy(official, seg_io):
 # The same loading paths on files the tests write (no ../shared needed)
 # ---------------------------------------------------------------------------------------------
 def test_mmseg_layout_round_trip(tmp_path):
+    from largekernel.models.segmentation import read_segmenter_meta
+
     model = tiny_segmenter().eval()
     path = mmseg_file(model, tmp_path / "seg.pth")
+    assert read_segmenter_meta(path) == {"classes": ["c0", "c1", "c2", "c3", "c4"]}
+    assert read_segmenter_meta(tmp_path / "missing.pth") == {}
     fresh = tiny_segmenter(seed=5).eval()
     report = load_segmenter_checkpoint(fresh, path)
     assert not report.dropped and not report.kept_init

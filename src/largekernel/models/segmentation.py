@@ -581,6 +581,29 @@ def _log_report(report) -> None:
         log.info("%s: %s", report.path, note)
 
 
+def read_segmenter_meta(path: str | Path) -> dict:
+    """`classes` and `palette` from an mmseg checkpoint's `meta` (CLASSES / PALETTE), when present.
+
+    Read with `weights_only=True` like the weights; a file without them (or not a .pth) gives {}.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return {}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable files are reported by the weight loader, which reads them too
+        return {}
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    out = {}
+    if isinstance(meta.get("CLASSES"), (list, tuple)):
+        out["classes"] = [str(c) for c in meta["CLASSES"]]
+    if isinstance(meta.get("PALETTE"), (list, tuple)):
+        out["palette"] = [tuple(int(v) for v in rgb) for rgb in meta["PALETTE"]]
+    return out
+
+
 def infer_backbone_variant(sd: dict[str, torch.Tensor]) -> str:
     """The UniRepLKNet variant whose depths and dims match a segmentation state dict's backbone."""
     parts = split_segmenter_state_dict(sd)
