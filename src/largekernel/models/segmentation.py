@@ -307,7 +307,7 @@ ADE20K_FILES = {
     "upernet_unireplknet_b": "upernet_unireplknet_b_in22k_640_160k_ade20k_miou53.52.pth",
 }
 SEGMENTER_KWARGS = {
-    "num_classes", "channels", "aux_channels", "pool_scales", "dropout_ratio", "deploy", "in_chans",
+    "depths", "dims", "num_classes", "channels", "aux_channels", "pool_scales", "dropout_ratio", "deploy", "in_chans",
     "drop_path_rate", "layer_scale_init_value", "kernel_sizes", "device", "dtype",
 }
 
@@ -398,7 +398,7 @@ def create_segmenter(model_name: str, pretrained: bool = False,
         _fill_head_kwargs(kwargs, sd, checkpoint_path)
     kwargs.setdefault("num_classes", 150)
     depths, dims = VARIANTS[SEGMENTERS[arch]]
-    model = build_segmenter(depths, dims, **kwargs)
+    model = build_segmenter(kwargs.pop("depths", depths), kwargs.pop("dims", dims), **kwargs)
     model.name = arch
     model.pretrained_cfg = segmenter_cfg(arch, model.num_classes)
     if pretrained_backbone:
@@ -437,7 +437,7 @@ def _fill_head_kwargs(kwargs: dict, sd: dict[str, torch.Tensor], path) -> None:
 
 def _resolve_ade20k(arch: str, cache_dir) -> Path:
     from .hub import PretrainedNotAvailable, resolve_pretrained_file
-    from .registry import HUB_REPO, PretrainedCfg
+    from .weights import HUB_REPO, PretrainedCfg
 
     if arch not in ADE20K_FILES:
         raise PretrainedNotAvailable(
