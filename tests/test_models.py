@@ -76,7 +76,8 @@ def kernel_of(block):
 # Registry, parameter counts and structure (meta device, all nine variants, fast)
 # ---------------------------------------------------------------------------------------------
 def test_list_models():
-    assert sorted(lk.list_models()) == sorted(ALL) == sorted(VARIANTS)
+    assert sorted(lk.list_models("unireplknet_*")) == sorted(ALL) == sorted(VARIANTS)
+    assert sorted(lk.list_models()) == sorted(ALL + [f"upernet_{n}" for n in ALL])
     assert lk.list_models("unireplknet_x*") == ["unireplknet_xl"]
     assert "unireplknet_t" not in lk.list_models(exclude_filters="*_t")
     tagged = lk.list_models(pretrained=True)

@@ -43,8 +43,11 @@ class LoadReport:
     kept_init: list[str] = field(default_factory=list)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat state dict in the authors' key format."""
+def read_state_dict(path: str | Path, backbone_only: bool = True) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat state dict in the authors' key format.
+
+    `backbone_only=False` keeps a dense-task file's `backbone.*`/`decode_head.*`/... keys as they are.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
@@ -65,11 +68,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
-    return unwrap_state_dict(obj, source=str(path))
+    return unwrap_state_dict(obj, source=str(path), backbone_only=backbone_only)
 
 
-def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Find the state dict in the authors' layouts and strip `module.` / `backbone.` prefixes."""
+def unwrap_state_dict(obj, source: str = "checkpoint", backbone_only: bool = True) -> dict[str, torch.Tensor]:
+    """Find the state dict in the authors' layouts and strip `module.` (and, with `backbone_only`,
+    keep only the `backbone.*` keys of a dense-task file, unprefixed)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state", "module"):
             if key in obj and isinstance(obj[key], dict):
@@ -81,7 +85,7 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor
     if bad:
         raise CheckpointError(f"{source}: entries that are not tensors: {bad[:5]}")
     sd = {k.removeprefix("module."): v for k, v in obj.items()}
-    if any(k.startswith("backbone.") for k in sd):
+    if backbone_only and any(k.startswith("backbone.") for k in sd):
         others = sorted(k for k in sd if not k.startswith("backbone."))
         if others:
             log.info("%s: using the %d backbone.* keys; ignoring %d others (e.g. %s)", source,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..models.registry import create_model, get_pretrained_cfg, list_models, split_model_name
+from ..models.segmentation import is_segmenter_name
 from ..models.unireplknet import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,10 @@ def count_macs(model: nn.Module, input_size: int | Sequence[int] = 224, in_chans
 
 
 def _size_order(name: str) -> int:
-    return list(VARIANTS).index(split_model_name(name)[0])
+    """Classifiers smallest first, then the segmenters (upernet_*) smallest first."""
+    arch = split_model_name(name)[0]
+    segmenter = arch.startswith("upernet_")
+    return len(VARIANTS) * segmenter + list(VARIANTS).index(arch.removeprefix("upernet_"))
 
 
 def resolve_model_names(patterns: Sequence[str] = ()) -> list[str]:
@@ -111,7 +115,8 @@ def resolve_model_names(patterns: Sequence[str] = ()) -> list[str]:
                 raise ValueError(f"no model matches {pattern!r}; known models: "
                                  f"{', '.join(list_models())}")
         else:
-            get_pretrained_cfg(pattern)  # raises the registry's "unknown model ... Did you mean"
+            if not is_segmenter_name(pattern):
+                get_pretrained_cfg(pattern)  # raises the registry's "unknown model ... Did you mean"
             found = [pattern]
         names += [n for n in found if n not in names]
     return names
