@@ -255,3 +255,77 @@ def test_conv1x1_and_pickling(tmp_path):
     loaded = torch.load(tmp_path / "m.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(loaded(x), out)
+
+
+# ---- the precision axis of `largekernel bench`, and the CLI ------------------------------------
+
+def test_bench_precision_bf16_inference_and_the_bf16_roof():
+    from largekernel.tools.bench import format_bench, run_bench
+
+    r = run_bench("unireplknet_a", size=32, batch=1, train_batch=0, rounds=1, parts=("models",),
+                  precision="bf16")
+    assert r["precisions"] == ["bf16"] and r["roof"]["bf16_gemm_gflops"] > 0
+    assert set(r["models"]["inference"]) == {"largekernel:bf16", "reference:fp32", "reference:bf16",
+                                             "convnext_t:fp32", "convnext_t:bf16"}
+    text = format_bench(r)
+    assert "bf16 GEMM" in text and "x reference:" in text and "bf16 units:" in text
+    with pytest.raises(ValueError, match="unknown precision"):
+        run_bench("unireplknet_a", size=32, batch=1, train_batch=0, rounds=1, parts=(), precision="fp16")
+
+
+@pytest.mark.slow
+def test_bench_precision_all_reports_every_variant():
+    from largekernel.tools.bench import format_bench, run_bench
+
+    r = run_bench("unireplknet_a", size=32, batch=1, train_batch=2, rounds=1, parts=("models",),
+                  precision="all")
+    assert r["precisions"] == ["fp32", "bf16"] and r["roof"]["bf16_gemm_gflops"] > 0
+    names = {f"{m}:{p}" for m in ("largekernel", "reference", "convnext_t") for p in ("fp32", "bf16")}
+    for part in ("inference", "train"):
+        assert set(r["models"][part]) == names and all(v["img_s"] > 0 for v in r["models"][part].values())
+    text = format_bench(r)
+    assert "largekernel:bf16" in text and "auto:" in text
+
+
+def _write_data(root):
+    """3 classes x 4 grayscale 32x32 images (stripes whose orientation is the class)."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    for name, coord in (("diag", xx + yy), ("horiz", yy), ("vert", xx)):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            img = ((coord + i) // 3) % 2 * 180 + 30 + rng.randint(0, 40, (32, 32))
+            Image.fromarray(img.astype(np.uint8), "L").save(root / name / f"{i}.png")
+    return root
+
+
+def test_cli_train_eval_predict_in_bf16(tmp_path):
+    import json
+
+    from clitools import run_cli
+
+    data = _write_data(tmp_path / "data")
+    common = ["--data", data, "--model", "unireplknet_a", "--in-chans", "1", "--input-size", "32",
+              "--randaug", "none", "--reprob", "0", "--epochs", "1", "--batch-size", "3",
+              "--max-steps", "2", "--val-split", "0.25", "--warmup-epochs", "0"]
+    code, _, err = run_cli(["train", *common, "--output", tmp_path / "run", "--precision", "bf16"])
+    assert code == 0, err[-2000:]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["precision"] == "bf16" and "precision bf16 -> bf16" in err
+    code, _, err = run_cli(["train", *common, "--output", tmp_path / "alias", "--amp", "bf16"])
+    assert code == 0, err[-2000:]
+    cfg = json.loads((tmp_path / "alias" / "config.json").read_text())
+    assert cfg["precision"] == "bf16" and cfg["amp"] is None  # --amp bf16 is an alias
+    ckpt = tmp_path / "run" / "last.safetensors"
+    code, out, err = run_cli(["eval", ckpt, "--data", data, "--precision", "bf16", "--json"])
+    assert code == 0, err[-2000:]
+    assert json.loads(out)["n"] == 12 and "precision bf16 -> bf16" in err
+    code, out, err = run_cli(["predict", data / "vert" / "0.png", "--checkpoint", ckpt,
+                              "--precision", "auto", "--json"])
+    assert code == 0, err[-2000:]
+    assert len(json.loads(out)[0]["top"]) == 3
+    code, _, err = run_cli(["train", *common, "--output", tmp_path / "bad", "--precision", "fp8"])
+    assert code == 2 and "unknown precision 'fp8'" in err

@@ -364,6 +364,9 @@ def format_summary(s: dict) -> str:
     arg("--data", required=True, help="folder (one subfolder per class) or CSV of path,label"),
     arg("--batch-size", type=positive_int, default=64, metavar="N"),
     arg("--ema", action="store_true", help="use the EMA weights of a step*.pt checkpoint"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="fp32 (default, exact), bf16 (bf16 GEMMs, fp32 statistics; docs/precision.md) or auto "
+             "(bf16 where the CPU has amx_bf16/avx512_bf16)"),
     arg("--output", default=None, metavar="DIR", help="where to write confusion.png and eval.json "
         "(default: next to the checkpoint)"),
     arg("--json", action="store_true", help="print all metrics as JSON"),
@@ -373,8 +376,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .engine.inference import load_trained
+    from .precision import set_precision
 
     trained = load_trained(args.checkpoint, ema=args.ema)
+    set_precision(trained.model, args.precision)
     if trained.modality is None:
         raise ValueError(f"{args.checkpoint} records no training config; evaluate a checkpoint "
                          "written by `largekernel train`")
@@ -406,6 +411,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         help="without --checkpoint: a pretrained model (e.g. unireplknet_a.in1k, from the Hub cache); "
              "with an authors' .pth checkpoint: its architecture"),
     arg("--topk", type=positive_int, default=5, metavar="K"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="fp32 (default, exact), bf16 or auto (bf16 where the CPU has amx_bf16/avx512_bf16)"),
     arg("--horizon", type=positive_int, default=None, metavar="H",
         help="time series: steps to forecast (default: the trained horizon)"),
     arg("--backtest", action="store_true",
@@ -421,6 +428,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.inference import Trained, load_trained, predict_files
     from .engine.config import TrainConfig
     from .models.registry import create_model, get_pretrained_cfg
+    from .precision import set_precision
 
     if args.checkpoint:
         trained = load_trained(args.checkpoint, args.model)
@@ -431,6 +439,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, None, None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
+    set_precision(trained.model, args.precision)
     options = dict(horizon=args.horizon, output=args.output, backtest=args.backtest)
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)
@@ -500,6 +509,9 @@ def cmd_reparam(args: argparse.Namespace) -> int:
     arg("--parts", default="dwconv,models,memory", metavar="LIST",
         help="comma list of dwconv, models, memory (default: all)"),
     arg("--threads", type=positive_int, default=None, metavar="N", help="torch threads (default: all cores)"),
+    arg("--precision", choices=["fp32", "bf16", "auto", "all"], default="fp32",
+        help="largekernel's precision (all: fp32 and bf16); with bf16 the baselines also run under "
+             "bf16 autocast and the bf16 GEMM roof is measured (default fp32)"),
     arg("--json", action="store_true"),
 ])
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -514,7 +526,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(parts) - {"dwconv", "models", "memory"})
     if unknown:
         raise ValueError(f"--parts: unknown {unknown}; choose from dwconv, models, memory")
-    result = run_bench(args.model, args.size, args.batch, args.train_batch, args.rounds, parts, args.dw_batch)
+    result = run_bench(args.model, args.size, args.batch, args.train_batch, args.rounds, parts, args.dw_batch,
+                       args.precision)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else format_bench(result))
     return 0
 

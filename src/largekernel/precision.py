@@ -117,6 +117,9 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> Pre
                            "avx512_bf16: bf16 would run emulated, slower than fp32")
 
 
+FP32 = PrecisionChoice("fp32", "fp32", "requested")
+
+
 def get_precision(model: nn.Module) -> PrecisionChoice | None:
     """The choice `set_precision` last applied to `model` (None if it never ran on it)."""
     return getattr(model, "largekernel_precision", None)
@@ -141,7 +144,8 @@ def set_precision(model: nn.Module, precision: str = "auto",
     if choice.precision == "bf16":
         _install(model)
     model.largekernel_precision = choice
-    log.info("precision %s -> %s (%s)", choice.requested, choice.precision, choice.reason)
+    (log.debug if choice == FP32 else log.info)("precision %s -> %s (%s)", choice.requested,
+                                                 choice.precision, choice.reason)
     return model
 
 

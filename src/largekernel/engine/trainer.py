@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..modalities import Skipped, collate, get_modality
+from ..precision import set_precision
 from .config import TrainConfig
 from .ema import ModelEma
 from .evaluate import autocast_context
@@ -113,6 +114,9 @@ class Trainer:
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
+        if cfg.amp == "bf16":  # an alias of --precision bf16: the per-op policy, not an autocast
+            cfg.amp, cfg.precision = None, "bf16"
+        set_precision(model, cfg.precision, self.device)
         self.model = model
         self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
                                                         if self.device.type == "cuda" else None)
