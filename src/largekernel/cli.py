@@ -114,6 +114,8 @@ def _info_report(args: argparse.Namespace) -> int:
 @command("demo", help="embedded demo: train UniRepLKNet on real digits, evaluate, re-parameterize, predict", args=[
     arg("--output", default="runs/demo", metavar="DIR", help="run directory (default: runs/demo; replaced)"),
     arg("--epochs", type=positive_int, default=None, metavar="N", help="epochs (default: the demo recipe's)"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="training precision (default fp32); bf16 inference is checked against fp32 either way"),
     arg("--json", action="store_true", help="print the numbers as JSON"),
 ])
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -122,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Needs no downloads."""
     from .tools.demo import format_demo, run_demo
 
-    result = run_demo(args.output, epochs=args.epochs)
+    result = run_demo(args.output, epochs=args.epochs, precision=args.precision)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else format_demo(result) + "\n")
     return 0 if result["deploy_same_predictions"] else 1
 
