@@ -88,3 +88,15 @@ def test_cli_export_quantize(tmp_path):
     assert "random N(0,1) inputs (no --data given)" in err
     code, _, err = run_cli(["export", "unireplknet_a", "-o", tmp_path / "a.pt2", "--quantize", "int8"])
     assert code == 2 and "--quantize int8 quantizes an ONNX file" in err
+
+
+def test_export_of_a_bf16_model_is_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = simulate_trained_statistics(TINY.create().eval(), 4)
+    lk.set_precision(model, "bf16")
+    r = export_model(model, tmp_path / "m.onnx", input_size=32)
+    assert r.ok and max(r.max_abs_diff.values()) <= 1e-4  # against the fp32 model, not bf16
+    graph = onnx.load(r.path).graph
+    assert not any(n.op_type == "Cast" and any(a.i == onnx.TensorProto.BFLOAT16 for a in n.attribute)
+                   for n in graph.node)
+    assert lk.get_precision(model).precision == "bf16"  # the caller's model is left as it was

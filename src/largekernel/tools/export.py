@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..layers import reparameterize
+from ..precision import get_precision, set_precision
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,11 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
     in_chans = int(getattr(model, "in_chans", 3))
     names = output_names_of(model)
 
+    if any(getattr(get_precision(m), "precision", "fp32") != "fp32" for m in model.modules()):
+        # the exporters would record bf16 casts no runtime here runs fast; export the fp32 model
+        log.info("exporting in fp32: set_precision's bf16 is undone on a copy (for a smaller, faster "
+                 "ONNX file use --quantize int8)")
+        model = set_precision(copy.deepcopy(model), "fp32")
     was_training = model.training
     start = time.perf_counter()
     try:
