@@ -344,3 +344,20 @@ def test_demo_trains_in_bf16_and_bf16_inference_agrees(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["precision"] == "bf16" and r["val_top1"] >= 97.0, r["val_top1"]
     assert r["bf16_agreement"] >= 99.5 and abs(r["val_top1_bf16"] - r["val_top1"]) <= 0.3, r
+
+
+@pytest.mark.parametrize("form", ["train", "deploy"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_bf16_forwards_compute_the_blocks_math(tiny, monkeypatch, form, grad):
+    """The policy's own forwards (train form, deploy form with autograd, the fused deploy path) with
+    bf16 replaced by fp32 must give the model's fp32 outputs up to fp32 rounding: this checks that
+    they compute every term of the block (a dropped GRN beta, say, is below the bf16 bound)."""
+    model, x = tiny
+    ref_model = reparameterize(model) if form == "deploy" else model
+    with torch.no_grad():
+        ref = ref_model(x)
+    monkeypatch.setattr(P, "BF16", torch.float32)
+    m = lk.set_precision(copy.deepcopy(ref_model), "bf16")
+    with torch.set_grad_enabled(grad):
+        out = m(x).detach()
+    assert rel_err(out, ref) <= 1e-5
