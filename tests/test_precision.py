@@ -361,3 +361,17 @@ def test_bf16_forwards_compute_the_blocks_math(tiny, monkeypatch, form, grad):
     with torch.set_grad_enabled(grad):
         out = m(x).detach()
     assert rel_err(out, ref) <= 1e-5
+
+
+def test_info_report_measures_throughput_in_the_requested_precision(tmp_path, capsys):
+    import re
+
+    from largekernel.cli import main
+
+    path = tmp_path / "a.md"
+    assert main(["info", "unireplknet_a", "--report", str(path), "--input-size", "32",
+                 "--precision", "bf16"]) == 0
+    text = path.read_text()
+    assert re.search(r"deploy form [\d.]+ images/s.*batch 8 at 32x32, bf16, ", text)
+    rel = float(re.search(r"Max relative error between train form and deploy form: (\S+) ", text).group(1))
+    assert 0 < rel <= 1e-5  # the re-parameterization check stays fp32

@@ -70,6 +70,8 @@ def non_negative_int(text: str) -> int:
     arg("--in-chans", type=positive_int, default=None, metavar="N",
         help="input channels (default: 3)"),
     arg("--json", action="store_true", help="print a JSON list of objects instead of a table"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="with --report: the precision of the throughput measurement (default fp32)"),
     arg("--report", default=None, metavar="OUT.md",
         help="write a report page (.md or .html) instead: params, GMACs, strides, measured CPU "
              "throughput (train vs deploy form) and the re-parameterization check at --input-size, "
@@ -105,7 +107,8 @@ def _info_report(args: argparse.Namespace) -> int:
 
     report_format(args.report)  # a wrong suffix fails before any measurement
     path, reports = write_report(args.report, args.models, input_size=args.input_size,
-                                 num_classes=args.num_classes, in_chans=args.in_chans)
+                                 num_classes=args.num_classes, in_chans=args.in_chans,
+                                 precision=args.precision)
     sys.stdout.write(json.dumps([r.to_dict() for r in reports], indent=2) + "\n" if args.json
                      else f"{path}\n")
     return 0
