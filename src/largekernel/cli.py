@@ -211,8 +211,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         inputs = quantization_inputs(args.source, model, args.data, args.input_size, args.calib_samples)
         quantized = int8_deployment(out, out.with_name(out.stem + ".int8.onnx"), **inputs)
     if args.json:
-        sys.stdout.write(json.dumps(dict(result.to_dict(), **({"int8": quantized.to_dict()} if quantized else {})),
-                                    indent=2) + "\n")
+        extra = {"int8": quantized.to_dict()} if quantized else {}
+        sys.stdout.write(json.dumps(dict(result.to_dict(), **extra), indent=2) + "\n")
     else:
         sys.stdout.write(format_export(result) + "\n"
                          + (format_quantize(quantized) + "\n" if quantized else ""))
@@ -551,8 +551,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(parts) - {"dwconv", "models", "memory"})
     if unknown:
         raise ValueError(f"--parts: unknown {unknown}; choose from dwconv, models, memory")
-    result = run_bench(args.model, args.size, args.batch, args.train_batch, args.rounds, parts, args.dw_batch,
-                       args.precision)
+    result = run_bench(args.model, args.size, args.batch, args.train_batch, args.rounds, parts,
+                       args.dw_batch, args.precision)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else format_bench(result))
     return 0
 

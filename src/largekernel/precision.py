@@ -323,7 +323,8 @@ def grn_scale_fp32(grn: GRN, t: torch.Tensor) -> torch.Tensor:
     return grn.gamma.float() * nx + 1
 
 
-_fused_bf16_linear_gelu = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+_fused_bf16_linear_gelu = (hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                           and torch.backends.mkldnn.is_available())
 
 
 def _linear_gelu_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -378,7 +379,8 @@ class _BlockBf16(_Bf16Forward):
         scale = grn_scale_fp32(grn, t)
         if h * w > 2 * c:
             weight = (down.weight * scale.view(n, 1, -1)).to(BF16)
-            t = torch.baddbmm(cache.get(down.bias).view(1, 1, c), t.view(n, h * w, -1), weight.transpose(1, 2))
+            t = torch.baddbmm(cache.get(down.bias).view(1, 1, c), t.view(n, h * w, -1),
+                              weight.transpose(1, 2))
             t = t.view(n, h, w, c)
         else:
             t = t * scale.to(BF16)

@@ -65,7 +65,7 @@ class TrainConfig:
     ema_decay: float | None = None  # e.g. 0.9999; evaluation then also reports the EMA copy
     # runtime
     amp: str | None = None  # None, "bf16" or "fp16" (fp16 only on CUDA)
-    precision: str = "fp32"  # "fp32", "bf16" or "auto" (largekernel.precision); --amp bf16 is an alias of bf16
+    precision: str = "fp32"  # "fp32", "bf16" or "auto" (largekernel.precision); --amp bf16 = bf16
     device: str = "auto"
     channels_last: bool = False
     grad_checkpointing: bool = False

@@ -562,7 +562,8 @@ def quantization_inputs(source: str | Path, model: nn.Module, data: str | Path |
 
 def format_quantize(r: QuantizeResult) -> str:
     """The int8 file, its speed next to the fp32 file's and the accuracy change."""
-    lines = [f"int8      {r.path}  ({r.size_bytes / 2**20:.1f} MiB, fp32 {r.fp32_size_bytes / 2**20:.1f} MiB; "
+    lines = [f"int8      {r.path}  ({r.size_bytes / 2**20:.1f} MiB, "
+             f"fp32 {r.fp32_size_bytes / 2**20:.1f} MiB; "
              f"GEMMs int8, calibrated on {r.calibration})",
              f"speed     onnxruntime CPU, batch {r.batch}: int8 {r.ms_int8:.1f} ms, fp32 {r.ms_fp32:.1f} ms "
              f"({r.speedup:.2f}x{'' if r.speedup > 1 else ': int8 is NOT faster here'})",
