@@ -375,3 +375,12 @@ def test_info_report_measures_throughput_in_the_requested_precision(tmp_path, ca
     assert re.search(r"deploy form [\d.]+ images/s.*batch 8 at 32x32, bf16, ", text)
     rel = float(re.search(r"Max relative error between train form and deploy form: (\S+) ", text).group(1))
     assert 0 < rel <= 1e-5  # the re-parameterization check stays fp32
+
+
+def test_auto_on_cuda_follows_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert P.resolve_precision("auto", "cuda") == P.PrecisionChoice("auto", "bf16", "this CUDA device supports bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert P.resolve_precision("auto", "cuda").precision == "fp32"
+    assert P.resolve_precision("auto", "meta").reason == "no bf16 policy for device type 'meta'"
