@@ -9,6 +9,7 @@ from .models.unireplknet import UniRepLKNet, UniRepLKNetBlock
 from .models.weights import PretrainedCfg
 from .transforms import create_transform, data_config
 from . import modalities  # noqa: E402,F401  (registers the built-in plug-ins)
+from .precision import get_precision, set_precision
 
 __version__ = "0.1.0"
 
@@ -17,4 +18,6 @@ __all__ = [
     "class_names_for", "create_model", "create_transform", "data_config", "get_pretrained_cfg",
     "imagenet_names", "list_models", "load_checkpoint", "model_from_checkpoint", "reparameterize",
     "save_checkpoint",
+    "create_model", "get_precision", "get_pretrained_cfg", "list_models", "load_checkpoint",
+    "model_from_checkpoint", "reparameterize", "save_checkpoint", "set_precision",
 ]

@@ -54,6 +54,8 @@ def command(name: str, help: str, args: Sequence[tuple[tuple, dict]] = (),
     arg("--in-chans", type=positive_int, default=None, metavar="N",
         help="input channels (default: 3)"),
     arg("--json", action="store_true", help="print a JSON list of objects instead of a table"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="with --report: the precision of the throughput measurement (default fp32)"),
     arg("--report", default=None, metavar="OUT.md",
         help="write a report page (.md or .html) instead: params, GMACs, strides, measured CPU "
              "throughput (train vs deploy form) and the re-parameterization check at --input-size, "
@@ -89,7 +91,8 @@ def _info_report(args: argparse.Namespace) -> int:
 
     report_format(args.report)  # a wrong suffix fails before any measurement
     path, reports = write_report(args.report, args.models, input_size=args.input_size,
-                                 num_classes=args.num_classes, in_chans=args.in_chans)
+                                 num_classes=args.num_classes, in_chans=args.in_chans,
+                                 precision=args.precision)
     sys.stdout.write(json.dumps([r.to_dict() for r in reports], indent=2) + "\n" if args.json
                      else f"{path}\n")
     return 0
@@ -98,6 +101,8 @@ def _info_report(args: argparse.Namespace) -> int:
 @command("demo", help="embedded demo: train UniRepLKNet on real digits, evaluate, re-parameterize, predict", args=[
     arg("--output", default="runs/demo", metavar="DIR", help="run directory (default: runs/demo; replaced)"),
     arg("--epochs", type=positive_int, default=None, metavar="N", help="epochs (default: the demo recipe's)"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="training precision (default fp32); bf16 inference is checked against fp32 either way"),
     arg("--json", action="store_true", help="print the numbers as JSON"),
 ])
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -106,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Needs no downloads."""
     from .tools.demo import format_demo, run_demo
 
-    result = run_demo(args.output, epochs=args.epochs)
+    result = run_demo(args.output, epochs=args.epochs, precision=args.precision)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else format_demo(result) + "\n")
     return 0 if result["deploy_same_predictions"] else 1
 
@@ -131,6 +136,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         help="batch of the example input, >= 2 (default: 2); the batch stays dynamic"),
     arg("--atol", type=float, default=1e-4, help="parity tolerance, max abs diff (default: 1e-4)"),
     arg("--no-verify", action="store_true", help="skip running the exported file"),
+    arg("--quantize", choices=["int8"], default=None,
+        help="also write OUT.int8.onnx (onnxruntime static quantization of the GEMMs), timed against "
+             "the fp32 file, with the accuracy change on held-out data (onnx only)"),
+    arg("--data", default=None, metavar="DIR",
+        help="with --quantize: a dataset (class folders or CSV) for calibration and the held-out "
+             "check; without it, random inputs (stated in the output)"),
+    arg("--calib-samples", type=positive_int, default=64, metavar="N",
+        help="with --quantize: calibration samples (default 64)"),
     arg("--json", action="store_true", help="print the result as JSON"),
 ])
 def cmd_export(args: argparse.Namespace) -> int:
@@ -183,11 +196,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         model = create_model(args.source, **opts)
         log.info("%s: random initialisation (no weights loaded)", args.source)
+    if args.quantize and fmt != "onnx":
+        raise ValueError("--quantize int8 quantizes an ONNX file: use --format onnx (or -o OUT.onnx)")
     result = export_model(model, out, fmt, input_size=args.input_size, batch=args.batch,
                           verify=not args.no_verify, atol=args.atol, example=example,
                           contract=contract)
-    sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n" if args.json
-                     else format_export(result) + "\n")
+    quantized = None
+    if args.quantize:
+        from .tools.export import format_quantize, int8_deployment, quantization_inputs
+
+        inputs = quantization_inputs(args.source, model, args.data, args.input_size, args.calib_samples)
+        quantized = int8_deployment(out, out.with_name(out.stem + ".int8.onnx"), **inputs)
+    if args.json:
+        extra = {"int8": quantized.to_dict()} if quantized else {}
+        sys.stdout.write(json.dumps(dict(result.to_dict(), **extra), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_export(result) + "\n"
+                         + (format_quantize(quantized) + "\n" if quantized else ""))
     return 1 if result.ok is False else 0
 
 
@@ -390,6 +415,9 @@ def set_missing(cfg, missing: str | None) -> None:
     arg("--data", required=True, help="folder (one subfolder per class) or CSV of path,label"),
     arg("--batch-size", type=positive_int, default=64, metavar="N"),
     arg("--ema", action="store_true", help="use the EMA weights of a step*.pt checkpoint"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="fp32 (default, exact), bf16 (bf16 GEMMs, fp32 statistics; docs/precision.md) or auto "
+             "(bf16 where the CPU has amx_bf16/avx512_bf16)"),
     arg("--output", default=None, metavar="DIR", help="where to write confusion.png and eval.json "
         "(default: next to the checkpoint)"),
     arg("--json", action="store_true", help="print all metrics as JSON"),
@@ -401,8 +429,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .engine.inference import load_trained
+    from .precision import set_precision
 
     trained = load_trained(args.checkpoint, ema=args.ema)
+    set_precision(trained.model, args.precision)
     if trained.modality is None:
         raise ValueError(f"{args.checkpoint} records no training config; evaluate a checkpoint "
                          "written by `largekernel train`")
@@ -435,6 +465,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         help="without --checkpoint: a pretrained model (e.g. unireplknet_a.in1k, from the Hub cache); "
              "with an authors' .pth checkpoint: its architecture"),
     arg("--topk", type=positive_int, default=5, metavar="K", help="classes listed per file (default: 5)"),
+    arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+        help="fp32 (default, exact), bf16 or auto (bf16 where the CPU has amx_bf16/avx512_bf16)"),
     arg("--output", default=None, metavar="DIR",
         help="where plug-ins that write files (e.g. forecasts) put them (default: next to each input)"),
     arg("--json", action="store_true", help="print the results as JSON"),
@@ -447,6 +479,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.config import TrainConfig
     from .labels import class_names_for
     from .models.registry import create_model, get_pretrained_cfg
+    from .precision import set_precision
 
     if args.checkpoint:
         trained = load_trained(args.checkpoint, args.model)
@@ -459,8 +492,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trained = Trained(model, cfg, class_names_for(model), None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
-    own = {"command", "func", "verbose", "quiet", "paths", "checkpoint", "model", "topk", "json", "missing"}
+    own = {"command", "func", "verbose", "quiet", "paths", "checkpoint", "model", "topk", "json", "precision", "missing"}
     set_missing(trained.cfg, args.missing)
+    set_precision(trained.model, args.precision)
     options = {k: v for k, v in vars(args).items() if k not in own}  # --output, plug-ins' options
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)
@@ -530,6 +564,9 @@ def cmd_reparam(args: argparse.Namespace) -> int:
     arg("--parts", default="dwconv,models,memory", metavar="LIST",
         help="comma list of dwconv, models, memory (default: all)"),
     arg("--threads", type=positive_int, default=None, metavar="N", help="torch threads (default: all cores)"),
+    arg("--precision", choices=["fp32", "bf16", "auto", "all"], default="fp32",
+        help="largekernel's precision (all: fp32 and bf16); with bf16 the baselines also run under "
+             "bf16 autocast and the bf16 GEMM roof is measured (default fp32)"),
     arg("--json", action="store_true"),
 ])
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -544,7 +581,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(parts) - {"dwconv", "models", "memory"})
     if unknown:
         raise ValueError(f"--parts: unknown {unknown}; choose from dwconv, models, memory")
-    result = run_bench(args.model, args.size, args.batch, args.train_batch, args.rounds, parts, args.dw_batch)
+    result = run_bench(args.model, args.size, args.batch, args.train_batch, args.rounds, parts,
+                       args.dw_batch, args.precision)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json else format_bench(result))
     return 0
 

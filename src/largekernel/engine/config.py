@@ -78,6 +78,8 @@ class TrainConfig:
     ema_decay: float | None = option(None, "keep an EMA of the weights with this decay, e.g. 0.9999 (also evaluated)")
     # runtime
     amp: str | None = option(None, "mixed precision: bf16 or fp16 (CUDA only); none for float32")
+    precision: str = option("fp32", "numeric precision: fp32 (exact, default), bf16 (GEMMs in bf16 with fp32 "
+                            "masters; --amp bf16 is an alias) or auto (bf16 where the CPU or GPU has bf16 units)")
     device: str = option("auto", "cpu, cuda, cuda:N, or auto (CUDA when available)")
     channels_last: bool = option(False, "channels-last memory format")
     grad_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..precision import set_precision
 from .config import TrainConfig
 from .data import Skipped, collate
 from .ema import ModelEma
@@ -114,6 +115,9 @@ class Trainer:
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
+        if cfg.amp == "bf16":  # an alias of --precision bf16: the per-op policy, not an autocast
+            cfg.amp, cfg.precision = None, "bf16"
+        set_precision(model, cfg.precision, self.device)
         self.model = model
         self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
                                                         if self.device.type == "cuda" else None)

@@ -7,6 +7,7 @@ files. Everything lands in the run directory: checkpoints, metrics, plots, weigh
 """
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import time
@@ -22,6 +23,7 @@ from ..layers import reparameterize
 from ..modalities import get_modality
 from ..modalities.digits import write_digits_dataset
 from ..models.checkpoint import save_checkpoint
+from ..precision import set_precision
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,13 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, fresh:
     metrics = evaluate(trained.model, val, len(trained.classes), 64, torch.device("cpu"))
     deploy = reparameterize(trained.model)
     deploy_path = save_checkpoint(deploy, out / "run" / "deploy.safetensors")
-    x = torch.stack([val[i][0] for i in range(len(val))])
+    items = [val[i] for i in range(len(val))]
+    x, y = torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])
     with torch.no_grad():
         y_train, y_deploy = trained.model(x), deploy(x)
     same = bool(torch.equal(y_train.argmax(1), y_deploy.argmax(1)))
     max_diff = float((y_train - y_deploy).abs().max())
+    agreement, top1_bf16 = bf16_agreement(trained.model, x, y)
     samples = [val.samples[i][0] for i in range(0, len(val), max(1, len(val) // 5))][:5]
     preds = predict_files(trained, samples, topk=1)
     return dict(run_dir=summary["run_dir"], data=str(data), epochs=summary["epochs"],
@@ -67,11 +71,21 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, fresh:
                 train_seconds=train_seconds, samples_per_s=summary["samples_per_s"],
                 val_top1=metrics["top1"], val_n=metrics["n"], best=summary["best"],
                 deploy=str(deploy_path), deploy_same_predictions=same, deploy_max_abs_diff=max_diff,
+                precision=cfg.precision, bf16_agreement=agreement, val_top1_bf16=top1_bf16,
                 params_train=sum(p.numel() for p in trained.model.parameters()),
                 params_deploy=sum(p.numel() for p in deploy.parameters()),
                 predictions=[dict(path=p["path"], label=p["top"][0]["label"],
                                   prob=p["top"][0]["prob"]) for p in preds],
                 plots=summary.get("plots", []))
+
+
+def bf16_agreement(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """The accuracy guard of the bf16 policy: the share of inputs whose top-1 class is the same in
+    bf16 (`set_precision`, on a copy) as in fp32, in percent, and the bf16 top-1 accuracy."""
+    bf16 = set_precision(copy.deepcopy(model).eval(), "bf16")
+    with torch.no_grad():
+        a, b = model.eval()(x).argmax(1), bf16(x).argmax(1)
+    return float((a == b).double().mean() * 100), float((b == y).double().mean() * 100)
 
 
 def format_demo(r: dict) -> str:
@@ -80,7 +94,9 @@ def format_demo(r: dict) -> str:
         f"largekernel demo: UniRepLKNet-A (13x13 kernels) on {r['val_n']} held-out handwritten digits",
         f"  trained         {r['epochs']} epochs in {r['train_seconds']:.0f} s "
         f"({r['samples_per_s']:.0f} images/s on this CPU)",
-        f"  held-out top-1  {r['val_top1']:.2f}%",
+        f"  held-out top-1  {r['val_top1']:.2f}% (trained in {r['precision']})",
+        f"  bf16 inference  top-1 {r['val_top1_bf16']:.2f}%, same prediction as fp32 on "
+        f"{r['bf16_agreement']:.2f}% of the held-out images",
         f"  re-parameterized {r['params_train']:,} -> {r['params_deploy']:,} parameters; same "
         f"predictions: {'yes' if r['deploy_same_predictions'] else 'NO'} "
         f"(max |logit diff| {r['deploy_max_abs_diff']:.1e})",

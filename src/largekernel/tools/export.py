@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..layers import reparameterize
+from ..precision import get_precision, set_precision
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,11 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
     dtype = ref_param.dtype if ref_param is not None else torch.float32
     names = output_names_of(model)
 
+    if any(getattr(get_precision(m), "precision", "fp32") != "fp32" for m in model.modules()):
+        # the exporters would record bf16 casts no runtime here runs fast; export the fp32 model
+        log.info("exporting in fp32: set_precision's bf16 is undone on a copy (for a smaller, faster "
+                 "ONNX file use --quantize int8)")
+        model = set_precision(copy.deepcopy(model), "fp32")
     was_training = model.training
     start = time.perf_counter()
     try:
@@ -393,4 +399,206 @@ def format_export(r: ExportResult) -> str:
             line += f"   (vs the train form: {s:.1e}{'' if s <= r.atol else ' FAIL'})"
         lines.append(line)
     lines.append("result    " + ("OK" if r.ok else f"FAILED: a difference exceeds atol {r.atol:.0e}"))
+    return "\n".join(lines)
+
+
+# ---- int8 deployment: static quantization of the exported ONNX ----------------------------------
+# Only the GEMMs (MatMul/Gemm: the blocks' Linear layers, ~87% of the FLOPs) are quantized, weights
+# per output channel in int8 and activations in uint8 (the u8 x s8 kernels of x86), in QDQ format;
+# the depthwise convs, norms and GELU stay fp32, the same per-op split as the bf16 policy. Measured
+# on unireplknet_a at 224 on the project's AVX2 CPU, quantizing the convs too made the model slower
+# (their int8 depthwise kernels) and its logits 3x less accurate.
+QUANTIZE_OPS = ("MatMul", "Gemm")
+
+
+@dataclass
+class QuantizeResult:
+    """An int8 ONNX next to its fp32 source: speed (same run, interleaved medians) and accuracy."""
+
+    path: str
+    fp32_path: str
+    calibration: str
+    calibration_samples: int
+    size_bytes: int
+    fp32_size_bytes: int
+    batch: int
+    ms_fp32: float
+    ms_int8: float
+    eval_source: str
+    eval_samples: int
+    agreement: float  # share of eval inputs whose top-1 class is the same in int8 and fp32
+    rel_error: float  # ||int8 - fp32|| / ||fp32|| over the eval outputs
+    top1_fp32: float | None = None  # with labelled held-out data, in percent
+    top1_int8: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        return self.ms_fp32 / self.ms_int8
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(dataclasses.asdict(self), speedup=self.speedup)
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over a stack of inputs, one sample per call."""
+
+    def __init__(self, name: str, x):
+        self._items = iter([{name: x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self) -> None:
+        """Part of the protocol; min/max calibration reads the samples once."""
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration) -> Path:
+    """Static int8 quantization of an exported ONNX file with onnxruntime, calibrated (min/max) on
+    `calibration`, an (N, C, H, W) float32 array; writes `out_path` and returns it."""
+    try:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as e:
+        raise ImportError(f"int8 quantization needs onnxruntime: run `{INSTALL_HINT}`") from e
+    import tempfile
+
+    import onnx
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if len(calibration) == 0:
+        raise ValueError("int8 calibration needs at least one input sample")
+    name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # onnxruntime's symbolic shape inference fails on the dynamo exporter's reductions; ONNX's
+        # own shape inference and graph optimisation are enough for quantization
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quietly = logging.getLogger()
+        level = quietly.level
+        quietly.setLevel(logging.ERROR)  # per-tensor notes ("Axis 1 is out-of-range for norm.weight")
+        try:
+            quantize_static(str(pre), str(out_path), _Batches(name, calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(QUANTIZE_OPS))
+        finally:
+            quietly.setLevel(level)
+    return out_path
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _run_batched(sess, x, batch: int):
+    import numpy as np
+
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def int8_deployment(fp32_path: str | Path, out_path: str | Path, calibration, eval_x, eval_y=None,
+                    batch: int = 8, rounds: int = 5, calibration_source: str = "",
+                    eval_source: str = "") -> QuantizeResult:
+    """Quantize `fp32_path` to int8 (`quantize_int8`), then run both files with onnxruntime: time a
+    batch of `batch` eval inputs (interleaved rounds, medians) and compare the outputs on all of
+    `eval_x` (top-1 agreement, relative error, and top-1 accuracy when labels `eval_y` are given)."""
+    import numpy as np
+
+    from .bench import interleaved
+
+    out_path = quantize_int8(fp32_path, out_path, calibration)
+    fp32, int8 = _session(Path(fp32_path)), _session(out_path)
+    name = fp32.get_inputs()[0].name
+    xb = eval_x[:batch]
+    if len(xb) < batch:  # time a full batch whatever the eval set's size
+        xb = np.concatenate([xb] * (batch // max(len(xb), 1) + 1))[:batch]
+    t = interleaved({"fp32": lambda: fp32.run(None, {name: xb}), "int8": lambda: int8.run(None, {name: xb})},
+                    rounds)
+    a, b = _run_batched(fp32, eval_x, batch), _run_batched(int8, eval_x, batch)
+    result = QuantizeResult(
+        path=str(out_path), fp32_path=str(fp32_path), calibration=calibration_source,
+        calibration_samples=len(calibration), size_bytes=out_path.stat().st_size,
+        fp32_size_bytes=Path(fp32_path).stat().st_size, batch=batch, ms_fp32=1e3 * t["fp32"],
+        ms_int8=1e3 * t["int8"], eval_source=eval_source, eval_samples=len(eval_x),
+        agreement=float((a.argmax(-1) == b.argmax(-1)).mean()) if a.ndim == 2 else float("nan"),
+        rel_error=float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-30)))
+    if eval_y is not None and a.ndim == 2:
+        y = np.asarray(eval_y)
+        result.top1_fp32 = float((a.argmax(-1) == y).mean() * 100)
+        result.top1_int8 = float((b.argmax(-1) == y).mean() * 100)
+    log.info("int8: %.1f ms vs fp32 %.1f ms per batch of %d (%.2fx); top-1 agreement %.1f%%",
+             result.ms_int8, result.ms_fp32, batch, result.speedup, 100 * result.agreement)
+    return result
+
+
+def quantization_inputs(source: str | Path, model: nn.Module, data: str | Path | None,
+                        input_size, calibration_samples: int = 64, eval_samples: int = 256,
+                        seed: int = 0) -> dict[str, Any]:
+    """Calibration and held-out inputs for `int8_deployment`.
+
+    With `data` (a class-per-folder dataset or CSV, read with the checkpoint's recorded
+    preprocessing when `source` was written by `largekernel train`, else the image defaults at
+    `input_size`): the samples alternate between calibration (the first `calibration_samples`
+    even-numbered ones) and held-out evaluation (odd-numbered, at most `eval_samples`), so each
+    class is in both and no evaluated sample was calibrated on. Labels are returned only when the
+    model's classes are the dataset's (a checkpoint from `largekernel train`). Without `data`:
+    random N(0, 1) inputs for both, which the result says."""
+    import numpy as np
+
+    h, w = _hw(input_size) if input_size is not None else default_input_size(model)
+    in_chans = int(getattr(model, "in_chans", 3))
+    if data is None:
+        gen = torch.Generator().manual_seed(seed)
+        calib = torch.randn(calibration_samples, in_chans, h, w, generator=gen).numpy()
+        held = torch.randn(min(eval_samples, 32), in_chans, h, w, generator=gen).numpy()
+        log.warning("int8 calibration on random N(0,1) inputs (no --data given): activation ranges "
+                    "will not match real data; give --data DIR for a calibration set")
+        return dict(calibration=calib, eval_x=held, eval_y=None,
+                    calibration_source=f"{calibration_samples} random N(0,1) inputs (no data given)",
+                    eval_source="random N(0,1) inputs")
+    from ..engine.config import TrainConfig
+    from ..engine.inference import load_trained
+    from ..modalities import collate, get_modality
+    from ..models.checkpoint import read_metadata
+
+    recorded = Path(source).is_file() and "train_config" in read_metadata(source)
+    if recorded:
+        trained = load_trained(source)
+        cfg, modality, classes = trained.cfg, trained.modality, trained.classes
+    else:
+        cfg, modality, classes = TrainConfig(input_size=h, in_chans=in_chans), get_modality("image"), None
+    cfg = dataclasses.replace(cfg, val=str(data), train=None, classes=classes)
+    dataset = modality.datasets(cfg, train=False).val
+    n = min(len(dataset), 2 * max(calibration_samples, eval_samples))
+    batch = collate([dataset[i] for i in range(n)])
+    if batch["x"] is None or len(batch["x"]) < 2:
+        raise ValueError(f"{data}: fewer than 2 readable samples; int8 calibration and the held-out "
+                         "check need at least one each")
+    x, y = batch["x"].float().numpy(), batch["y"].numpy()
+    calib, held, held_y = x[0::2][:calibration_samples], x[1::2][:eval_samples], y[1::2][:eval_samples]
+    return dict(calibration=np.ascontiguousarray(calib), eval_x=np.ascontiguousarray(held),
+                eval_y=held_y if recorded else None,
+                calibration_source=f"{len(calib)} samples of {data}",
+                eval_source=f"{len(held)} held-out samples of {data}"
+                + ("" if recorded else " (no labels: the model's classes are not the folder's)"))
+
+
+def format_quantize(r: QuantizeResult) -> str:
+    """The int8 file, its speed next to the fp32 file's and the accuracy change."""
+    lines = [f"int8      {r.path}  ({r.size_bytes / 2**20:.1f} MiB, "
+             f"fp32 {r.fp32_size_bytes / 2**20:.1f} MiB; "
+             f"GEMMs int8, calibrated on {r.calibration})",
+             f"speed     onnxruntime CPU, batch {r.batch}: int8 {r.ms_int8:.1f} ms, fp32 {r.ms_fp32:.1f} ms "
+             f"({r.speedup:.2f}x{'' if r.speedup > 1 else ': int8 is NOT faster here'})",
+             f"accuracy  on {r.eval_source}: top-1 agreement with fp32 {100 * r.agreement:.1f}%, "
+             f"relative output error {r.rel_error:.2e}"]
+    if r.top1_fp32 is not None:
+        lines.append(f"          top-1 fp32 {r.top1_fp32:.2f}% -> int8 {r.top1_int8:.2f}% "
+                     f"({r.top1_int8 - r.top1_fp32:+.2f} points)")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from ..engine.inference import load_trained, records_training
 from ..models.checkpoint import model_from_checkpoint
 from ..models.registry import create_model
 from ..models.unireplknet import UniRepLKNet
+from ..precision import set_precision
 from .erf import THRESHOLDS, ERFResult, compute_erf, format_percent, plot_erf
 from .info import ModelInfo, model_info, resolve_model_names
 
@@ -45,6 +46,7 @@ class Throughput:
     repeats: int
     train: float | None
     deploy: float
+    precision: str = "fp32"  # as applied by set_precision ("auto" resolved)
 
     @property
     def speedup(self) -> float | None:
@@ -168,8 +170,10 @@ def _architecture(model: nn.Module) -> dict:
 def model_report(name: str | None = None, checkpoint: str | Path | None = None, *,
                  input_size: int = 224, batch: int = 8, warmup: int = 1, repeats: int = 3,
                  erf_size: int = ERF_SIZE, erf_images: int = ERF_IMAGES, seed: int = 0,
-                 num_classes: int | None = None, in_chans: int | None = None) -> ModelReport:
-    """Measure one model (`name`, freshly initialised with `seed`) or checkpoint."""
+                 num_classes: int | None = None, in_chans: int | None = None,
+                 precision: str = "fp32") -> ModelReport:
+    """Measure one model (`name`, freshly initialised with `seed`) or checkpoint; the throughput
+    in `precision` (see `largekernel.precision`), everything else in fp32."""
     if checkpoint is not None and name is None and records_training(checkpoint):
         # written by `train`: the plug-in rebuilds its model; the report measures its backbone
         trained = load_trained(checkpoint)
@@ -191,17 +195,20 @@ def model_report(name: str | None = None, checkpoint: str | Path | None = None, 
                       features_only=arch["features_only"] or None,
                       out_indices=arch["out_indices"] if arch["features_only"] else None)
     log.info("%s: CPU throughput (batch %d at %d)", label, batch, input_size)
+    applied = set_precision(model, precision).largekernel_precision.precision
     deploy = model if model.deploy else reparameterize(model)
     timing = dict(input_size=input_size, batch=batch, warmup=warmup, repeats=repeats)
     if model.deploy:
         train_ips, (deploy_ips,) = None, measure_throughput([deploy], **timing)
     else:
         train_ips, deploy_ips = measure_throughput([model, deploy], **timing)
+    set_precision(model, "fp32")  # the re-parameterization check and the ERF stay fp32
     log.info("%s: re-parameterization check", label)
     check = reparam_check(model, input_size, seed=seed, fresh=checkpoint is None)
     erf = compute_erf(model, n_random=erf_images, size=erf_size, seed=seed, name=label)
     return ModelReport(label=label, weights=weights, architecture=_architecture(model), info=info,
-                       throughput=Throughput(train=train_ips, deploy=deploy_ips, **timing),
+                       throughput=Throughput(train=train_ips, deploy=deploy_ips, precision=applied,
+                                             **timing),
                        reparam=check, erf=erf)
 
 
@@ -255,7 +262,7 @@ def _blocks(r: ModelReport) -> list[tuple]:
     out += [
         ("p", f"Throughput on this machine: train form "
               f"{f'{t.train:.1f}' if t.train else 'n/a'} images/s, deploy form {t.deploy:.1f} "
-              f"images/s{speed} (batch {t.batch} at {t.input_size}x{t.input_size}, fp32, "
+              f"images/s{speed} (batch {t.batch} at {t.input_size}x{t.input_size}, {t.precision}, "
               f"inference mode; median of {t.repeats} timed runs per form, interleaved, after "
               f"{t.warmup} warm-up)."),
         ("table", ["form", "images/s", "ms/image"], rows),
