@@ -25,7 +25,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"<!-- tested -->\n```(\w+)\n(.*?)```", re.S)
 
 
-def tested_blocks(kind: str) -> list[str]:
+def marked_blocks(kind: str) -> list[str]:
     return [body for lang, body in BLOCK.findall(README.read_text()) if lang == kind]
 
 
@@ -66,11 +66,11 @@ def in_scratch(scratch, monkeypatch):
 
 
 def test_readme_marks_blocks_to_run():
-    assert tested_blocks("bash") and tested_blocks("python")
+    assert marked_blocks("bash") and marked_blocks("python")
 
 
 def test_bash_blocks(in_scratch):
-    for block in tested_blocks("bash"):
+    for block in marked_blocks("bash"):
         for words in commands(block):
             program, *argv = words
             assert Path(program).name == "largekernel", f"README runs {program!r}; only largekernel is tested"
@@ -80,5 +80,5 @@ def test_bash_blocks(in_scratch):
 
 def test_python_blocks(in_scratch):
     namespace: dict = {}
-    for block in tested_blocks("python"):
+    for block in marked_blocks("python"):
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - the README's own code

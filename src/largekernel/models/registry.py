@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .hub import resolve_pretrained_file
+from .segmentation import SEGMENTERS, create_segmenter
 from .unireplknet import VARIANTS, UniRepLKNet
 from .weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, PretrainedCfg  # noqa: F401 (re-exported)
 
@@ -30,8 +31,6 @@ def _natural_key(s: str):
 def list_models(filter: str | list[str] = "", pretrained: bool = False,
                 exclude_filters: str | list[str] = ()) -> list[str]:
     """Model names matching fnmatch wildcards; `pretrained=True` lists `arch.tag` weights."""
-    from .segmentation import SEGMENTERS
-
     names = list(PRETRAINED) if pretrained else list(VARIANTS) + list(SEGMENTERS)
     includes = [filter] if isinstance(filter, str) else list(filter)
     excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
@@ -78,7 +77,6 @@ def create_model(model_name: str, pretrained: bool = False, checkpoint_path: str
     kwargs set to None are ignored, so a CLI can pass unset options through.
     """
     if model_name.startswith("upernet_"):  # semantic segmentation: UPerNet on UniRepLKNet
-        from .segmentation import create_segmenter
         return create_segmenter(model_name, pretrained=pretrained, checkpoint_path=checkpoint_path,
                                 cache_dir=cache_dir, **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
