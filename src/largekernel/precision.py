@@ -18,14 +18,13 @@ per-sample down-projection weights as the fp32 deploy path does).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.dwconv import DepthwiseConv2d, _DepthwiseConvFn, _pair
+from .layers.dwconv import DepthwiseConv2d, _DepthwiseConvFn, _pair, _timed
 from .layers.dwconv import conv2d as dw_conv2d
 from .layers.norm import EPS, GRN
 from .layers.reparam import DilatedReparamBlock
@@ -247,16 +246,6 @@ def depthwise_choices() -> dict[tuple, str]:
     return dict(_dw_choices)
 
 
-def _best_of(fn, reps: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _depthwise_dtype(conv: nn.Conv2d, x: torch.Tensor, cache: _WeightCache) -> str:
     policy = _dw_policy
     if policy == "autotune" and (torch.are_deterministic_algorithms_enabled()
@@ -271,8 +260,8 @@ def _depthwise_dtype(conv: nn.Conv2d, x: torch.Tensor, cache: _WeightCache) -> s
     choice = _dw_choices.get(key)
     if choice is None:
         with torch.no_grad():
-            times = {"fp32": _best_of(lambda: _depthwise_run(conv, x, "fp32", cache)),
-                     "bf16": _best_of(lambda: _depthwise_run(conv, x, "bf16", cache))}
+            times = {"fp32": _timed(lambda: _depthwise_run(conv, x, "fp32", cache)),
+                     "bf16": _timed(lambda: _depthwise_run(conv, x, "bf16", cache))}
         choice = _dw_choices[key] = min(times, key=times.get)
         log.debug("depthwise %s: fp32 %.2f ms, bf16 %.2f ms -> %s", key, 1e3 * times["fp32"],
                   1e3 * times["bf16"], choice)
