@@ -15,9 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "PretrainedCfg", "PretrainedNotAvailable", "UniRepLKNet", "UniRepLKNetBlock",
-    "class_names_for", "create_model", "create_transform", "data_config", "get_pretrained_cfg",
-    "imagenet_names", "list_models", "load_checkpoint", "model_from_checkpoint", "reparameterize",
-    "save_checkpoint",
-    "create_model", "get_precision", "get_pretrained_cfg", "list_models", "load_checkpoint",
+    "class_names_for", "create_model", "create_transform", "data_config", "get_precision",
+    "get_pretrained_cfg", "imagenet_names", "list_models", "load_checkpoint",
     "model_from_checkpoint", "reparameterize", "save_checkpoint", "set_precision",
 ]
