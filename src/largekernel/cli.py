@@ -313,6 +313,8 @@ def _train_args() -> list[tuple[tuple, dict]]:
     """--preset/--config/--set/--resume; the options themselves come in groups (`_train_groups`)."""
     return [
         arg("--preset", default=None, help="a named recipe (see `largekernel train --list-presets`)"),
+        arg("--task", dest="cfg_modality", default=None, metavar="NAME",
+            help="the same as --modality (e.g. --task segmentation)"),
         arg("--list-presets", action="store_true", help="list the presets and exit"),
         arg("--config", default=None, metavar="YAML", help="a YAML file of option: value"),
         arg("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -66,7 +66,9 @@ class TrainConfig:
     min_lr: float = option(1e-6, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = option(20, "epochs of linear warm-up (fractions allowed)")
     warmup_lr: float = option(0.0, "learning rate at the start of the warm-up")
-    sched: str = option("cosine", "schedule: cosine, or step (lr x lr_decay per epoch from lr_decay_start)")
+    sched: str = option("cosine", "schedule: cosine, poly ((1 - step/total)^poly_power, by iteration, "
+                        "as mmseg), or step (lr x lr_decay per epoch from lr_decay_start)")
+    poly_power: float = option(1.0, "poly schedule: the power of (1 - step / total)")
     lr_decay: float = option(0.85, "step schedule: the factor per epoch")
     lr_decay_start: int = option(5, "step schedule: the first epoch that decays")
     weight_decay: float = option(0.05, "decoupled weight decay (not on norms, biases and layer scales)")
