@@ -11,6 +11,7 @@ at the original resolution over the whole set, as mmseg does.
 """
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from .segmentation_data import (IMAGE_EXTENSIONS, MEAN_255, STD_255, Segmentatio
                                 SegSample, SegTrainTransform, find_samples, load_pair, normalize,
                                 read_rgb)
 from .segmentation_viz import save_prediction
+
+log = logging.getLogger(__name__)
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -109,6 +112,10 @@ def segmenter_name(model: str) -> str:
 def _check(cfg: TrainConfig) -> None:
     if cfg.in_chans != 3:
         raise ValueError(f"in_chans={cfg.in_chans}: the segmentation data are RGB images; leave in_chans at 3")
+    if cfg.batch_size < 2:
+        raise ValueError(f"batch_size={cfg.batch_size}: UPerNet's pyramid pooling has BatchNorm on "
+                         "1 x 1 maps, which cannot train on one image; use batch_size 2 or more "
+                         "(with accum_steps to keep memory low)")
     if crop_size(cfg) < 32:
         raise ValueError(f"crop size {crop_size(cfg)} is too small; use 32 or more (a multiple of 32)")
     if not 0 < cfg.cat_max_ratio <= 1:
@@ -352,7 +359,7 @@ class SegmentationTask(Plugin):
 
     def input_contract(self, cfg: TrainConfig) -> dict[str, str]:
         scale = img_scale(cfg)
-        return dict(input="float32 N x 3 x H x W, any H and W (RGB)",
+        return dict(input=f"float32 N x 3 x H x W RGB images (example: {cfg.input_size} x {cfg.input_size})",
                     preprocessing=f"RGB 0-255, minus mean {MEAN_255}, divided by std {STD_255}; "
                                   f"eval resizes each image (keeping its aspect ratio) into {scale[0]}x"
                                   f"{scale[1]} (long x short), sides up to multiples of "
@@ -360,6 +367,17 @@ class SegmentationTask(Plugin):
                     output=f"N x {len(cfg.classes or [])} x H x W per-pixel class logits")
 
     # ---- task ----------------------------------------------------------------------------------
+    def prepare_batch(self, x: torch.Tensor, y: torch.Tensor, num_outputs: int, cfg: TrainConfig,
+                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch that skipped files left with one image is repeated to two: the pyramid pooling's
+        BatchNorm on 1 x 1 maps cannot train on one image (the loss is the same mean, the
+        pooled branch's batch statistics are degenerate for that step; a warning says so)."""
+        if x.shape[0] == 1:
+            log.warning("a training batch has one readable image (the others were skipped); it is "
+                        "repeated, because BatchNorm in UPerNet's pyramid pooling needs 2 or more")
+            return x.repeat(2, 1, 1, 1), y.repeat(2, 1, 1)
+        return x, y
+
     def loss(self, output, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
         """mmseg's CE over all pixels (ignored ones as 0) of the decode head plus aux_weight x the
         auxiliary head's."""
