@@ -15,13 +15,15 @@ from safetensors.torch import load_file
 
 from largekernel.engine.config import PRESETS, resolve_config
 from largekernel.engine.optim import param_groups, poly_lr, scheduled_lr
+from largekernel.engine.inference import load_trained
 from largekernel.engine.plugin import get_plugin
 from largekernel.engine.trainer import Trainer
 from largekernel.metrics import mean_iou
 from largekernel.models.segmentation import (ADE20K_RECIPE, ADE20K_VARIANT_RECIPES, build_segmenter,
                                              poly_warmup_lr)
 from largekernel.modalities.segmentation import SegmentationMetrics
-from largekernel.modalities.segmentation_data import load_pair, find_samples
+from largekernel.modalities.segmentation_data import find_samples, load_pair
+from largekernel.modalities.segmentation_eval import InferenceOptions, evaluate_segmenter
 from largekernel.modalities.segmentation_scenes import make_seg_scenes
 from clitools import run_cli
 
@@ -152,6 +154,15 @@ def test_train_eval_predict_reparam_through_the_cli(trained, scenes, tmp_path):
         assert Image.open(overlay_png).size == (80, 64)
         labels.append(load_pair(sample, 6)[1])
     assert mean_iou(preds, labels, 6)["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-12)
+
+    # test-time augmentation for this evaluation only, equal to the file-level evaluator's
+    code, out, err = run_cli(["eval", trained / "last.safetensors", "--data", scenes, "--json",
+                              "--set", "tta_ratios=0.75,1.0", "--set", "tta_flip=true", "--output", tmp_path])
+    assert code == 0, err[-3000:]
+    model = load_trained(trained / "last.safetensors").model
+    ref = evaluate_segmenter(model, find_samples(scenes, "val").samples, 6,
+                             options=InferenceOptions(scale=(256, 64), ratios=(0.75, 1.0), flip=True))
+    assert json.loads(out)["mIoU"] == pytest.approx(ref.metrics["mIoU"], abs=1e-12)
 
     code, out, err = run_cli(["eval", trained / "last.safetensors", "--data", scenes])
     assert code == 0 and "background" in out and "3 images: mIoU" in out and "IoU %" in out, err
