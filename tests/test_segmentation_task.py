@@ -21,7 +21,7 @@ from largekernel.engine.trainer import Trainer
 from largekernel.metrics import mean_iou
 from largekernel.models.segmentation import (ADE20K_RECIPE, ADE20K_VARIANT_RECIPES, build_segmenter,
                                              poly_warmup_lr)
-from largekernel.modalities.segmentation import SegmentationMetrics
+from largekernel.modalities.segmentation import SegmentationMetrics, inference_kwargs
 from largekernel.modalities.segmentation_data import find_samples, load_pair
 from largekernel.modalities.segmentation_eval import InferenceOptions, evaluate_segmenter
 from largekernel.modalities.segmentation_scenes import make_seg_scenes
@@ -191,6 +191,11 @@ def test_plugin_contract_pieces():
     assert plugin.metric == "mIoU" and plugin.higher_is_better
     with pytest.raises(ValueError, match="is not a segmenter"):
         plugin.build_model(resolve_config(overrides=dict(modality="segmentation", model="convnext")), 3)
+    one = resolve_config(overrides=dict(modality="segmentation", tta_ratios="1.5", input_size=64))
+    assert inference_kwargs(one)["ratios"] == (1.5,) and inference_kwargs(one)["scale"] == (256, 64)
+    assert inference_kwargs(one)["crop"] == 64 and inference_kwargs(one)["stride"] == 42
+    with pytest.raises(ValueError, match="tta_ratios=.* must be positive numbers"):
+        inference_kwargs(resolve_config(overrides=dict(modality="segmentation", tta_ratios="0,1")))
     with pytest.raises(ValueError, match="inference='tile'; choose whole or slide"):
         plugin.datasets(resolve_config(overrides=dict(modality="segmentation", inference="tile")))
 

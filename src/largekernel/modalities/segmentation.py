@@ -93,7 +93,10 @@ def inference_kwargs(cfg: TrainConfig) -> dict:
         raise ValueError(f"inference={cfg.inference!r}; choose whole or slide")
     window = int(cfg.slide_crop or crop_size(cfg))
     stride = int(cfg.slide_stride or max(1, window * 2 // 3))
-    ratios = tuple(float(r) for r in (cfg.tta_ratios or (1.0,)))
+    ratios = cfg.tta_ratios if cfg.tta_ratios is not None else (1.0,)
+    ratios = tuple(float(r) for r in (ratios if isinstance(ratios, (list, tuple)) else (ratios,)))
+    if not ratios or min(ratios) <= 0:
+        raise ValueError(f"tta_ratios={cfg.tta_ratios!r} must be positive numbers, e.g. 0.75,1.0,1.25")
     return dict(ratios=ratios, flip=bool(cfg.tta_flip), scale=img_scale(cfg),
                 size_divisor=cfg.size_divisor, mode=cfg.inference, crop=window, stride=stride)
 
