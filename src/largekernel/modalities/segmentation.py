@@ -396,8 +396,9 @@ class SegmentationTask(Plugin):
         views averaged as probabilities; metrics over the whole set. `batch_size` is not used."""
         metrics = self.task_metrics(cfg, classes, dataset)
         kwargs = inference_kwargs(cfg)
+        # an explicit generator: evaluating must not draw from the global RNG (saved in checkpoints)
         loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.workers,
-                            collate_fn=_identity)
+                            collate_fn=_identity, generator=torch.Generator())
         was_training = model.training
         model.eval()
         skipped = []
