@@ -94,7 +94,7 @@ def test_make_data_dispatches_to_the_plugins_generators_and_keeps_the_old_names(
     code, out, _ = run_cli(["make-toy", tmp_path / "t", "--count", "2"])
     assert code == 0 and sorted(p.name for p in (tmp_path / "t").iterdir()) == ["0.toy", "1.toy"]
     help_text = " ".join(build_parser().format_help().split())
-    assert "make-data write a dataset a plug-in can generate (KIND: clips, digits, series, shapes, speech, toy)" in help_text
+    assert "make-data write a dataset a plug-in can generate (KIND: clips, digits, scenes, series, shapes, speech, toy)" in help_text
     cli_source = (SRC / "cli.py").read_text()
     assert not any(name in cli_source for name in ("modalities", "speech_data", "series_data", "shapes_data",
                                                     "clips_data", "mel_bins"))

@@ -313,6 +313,8 @@ def _train_args() -> list[tuple[tuple, dict]]:
     """--preset/--config/--set/--resume; the options themselves come in groups (`_train_groups`)."""
     return [
         arg("--preset", default=None, help="a named recipe (see `largekernel train --list-presets`)"),
+        arg("--task", dest="cfg_modality", default=None, metavar="NAME",
+            help="the same as --modality (e.g. --task segmentation)"),
         arg("--list-presets", action="store_true", help="list the presets and exit"),
         arg("--config", default=None, metavar="YAML", help="a YAML file of option: value"),
         arg("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -423,6 +425,9 @@ def set_missing(cfg, missing: str | None) -> None:
     arg("--json", action="store_true", help="print all metrics as JSON"),
     arg("--missing", choices=("error", "interpolate"), default=None,
         help="time series: missing values and time steps (default: the training run's choice)"),
+    arg("--set", action="append", default=[], metavar="KEY=VALUE",
+        help="change a recorded evaluation option for this run (repeatable), e.g. segmentation's "
+             "--set tta_ratios=0.75,1.0,1.25 --set tta_flip=true --set inference=slide"),
 ])
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate with the preprocessing and classes recorded in the checkpoint."""
@@ -436,7 +441,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if trained.modality is None:
         raise ValueError(f"{args.checkpoint} records no training config; evaluate a checkpoint "
                          "written by `largekernel train`")
-    cfg = dataclasses.replace(trained.cfg, val=args.data, train=None, classes=trained.classes)
+    cfg = trained.cfg
+    if args.set:
+        from .engine.config import parse_overrides, resolve_config
+        cfg = resolve_config(overrides=dict(cfg.to_dict(), **parse_overrides(args.set)))
+    cfg = dataclasses.replace(cfg, val=args.data, train=None, classes=trained.classes)
     set_missing(cfg, args.missing)
     data = trained.modality.datasets(cfg, train=False)
     metrics = trained.modality.evaluate(trained.model, data.val, cfg, trained.classes,

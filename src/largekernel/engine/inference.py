@@ -65,8 +65,10 @@ def records_training(path: str | Path) -> bool:
 
 
 def _no_download(cfg: TrainConfig) -> TrainConfig:
-    """The config with `pretrained` off: weights come from the checkpoint, not the Hub."""
-    return resolve_config(overrides=dict(cfg.to_dict(), pretrained=False, init_checkpoint=None))
+    """The config with `pretrained` (and the plug-in's `weight_options`) off: weights come from the
+    checkpoint, not the Hub."""
+    off = {name: None for name in get_plugin(cfg.modality).weight_options}
+    return resolve_config(overrides=dict(cfg.to_dict(), pretrained=False, init_checkpoint=None, **off))
 
 
 @torch.no_grad()

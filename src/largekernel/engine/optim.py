@@ -54,23 +54,37 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, min_lr: float, warmup
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
 
 
+def poly_lr(step: int, total_steps: int, base_lr: float, min_lr: float, warmup_steps: int,
+            warmup_lr: float = 0.0, power: float = 1.0) -> float:
+    """mmcv's poly schedule with its linear warmup (the authors' segmentation recipe):
+    (base_lr - min_lr) (1 - step / total)^power + min_lr over the whole run, multiplied during the
+    first `warmup_steps` by 1 - (1 - step / warmup_steps)(1 - warmup_lr / base_lr), so it starts
+    at `warmup_lr` and joins the poly curve at the end of the warmup."""
+    lr = (base_lr - min_lr) * (1 - min(step, total_steps) / max(1, total_steps)) ** power + min_lr
+    if step < warmup_steps and base_lr > 0:
+        lr *= 1 - (1 - step / warmup_steps) * (1 - warmup_lr / base_lr)
+    return lr
+
+
 def scheduled_lr(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, min_lr: float,
                  warmup_steps: int, warmup_lr: float = 0.0, sched: str = "cosine",
-                 decay: float = 0.85, decay_start: int = 5) -> float:
+                 decay: float = 0.85, decay_start: int = 5, power: float = 1.0) -> float:
     """The learning rate at optimizer step `step`.
 
-    `cosine`: `cosine_lr`. `step`: warmup as cosine, then `base_lr` multiplied by `decay` once per
-    epoch from epoch `decay_start` on (the authors' audio recipe: x0.85 per epoch after epoch 5),
-    never below `min_lr`.
+    `cosine`: `cosine_lr`. `poly`: `poly_lr` with `power`. `step`: warmup as cosine, then
+    `base_lr` multiplied by `decay` once per epoch from epoch `decay_start` on (the authors' audio
+    recipe: x0.85 per epoch after epoch 5), never below `min_lr`.
     """
     if sched == "cosine":
         return cosine_lr(step, total_steps, base_lr, min_lr, warmup_steps, warmup_lr)
+    if sched == "poly":
+        return poly_lr(step, total_steps, base_lr, min_lr, warmup_steps, warmup_lr, power)
     if sched == "step":
         if step < warmup_steps:
             return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
         epoch = step // max(1, steps_per_epoch)
         return max(min_lr, base_lr * decay ** max(0, epoch - decay_start + 1))
-    raise ValueError(f"unknown lr schedule {sched!r}; use cosine or step")
+    raise ValueError(f"unknown lr schedule {sched!r}; use cosine, poly or step")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..models.checkpoint import load_checkpoint
 from ..models.registry import create_model
 from .commands import Command
 from .data import DataBundle, Skipped, collate  # noqa: F401  (re-exported for plug-in authors)
@@ -56,6 +57,7 @@ class Plugin:
     data_generators: tuple[Command, ...] = ()  # `largekernel make-data NAME` (alias `make-NAME`)
     commands: tuple[Command, ...] = ()  # extra subcommands, e.g. audio's `audio-stats`
     predict_arguments: tuple[tuple[tuple, dict], ...] = ()  # `predict` flags, handed on in `options`
+    weight_options: tuple[str, ...] = ()  # own options that fetch weights (cleared when a checkpoint is loaded)
 
     # ---- data ----------------------------------------------------------------------------------
     def datasets(self, cfg: TrainConfig, train: bool = True) -> DataBundle:
@@ -72,6 +74,11 @@ class Plugin:
         return create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_outputs,
                             in_chans=cfg.in_chans, drop_path_rate=cfg.drop_path,
                             head_init_scale=cfg.head_init_scale, **cfg.model_kwargs)
+
+    def init_weights(self, model: nn.Module, path: str | Path) -> None:
+        """Fine-tuning start (`init_checkpoint`): load a weights file into the freshly built model
+        (by default the backbone loader, which drops a classifier head whose classes differ)."""
+        load_checkpoint(model, path)
 
     def example_input(self, cfg: TrainConfig, batch: int = 2, generator: torch.Generator | None = None
                       ) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.checkpoint import save_checkpoint
 from ..precision import set_precision
 from .config import TrainConfig
 from .data import Skipped, collate
@@ -107,7 +107,7 @@ class Trainer:
 
         model = self.modality.build_model(cfg, len(self.classes))
         if cfg.init_checkpoint:
-            load_checkpoint(model, cfg.init_checkpoint)  # drops the head if classes differ
+            self.modality.init_weights(model, cfg.init_checkpoint)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if cfg.sync_bn and self.dist.world > 1:
@@ -254,7 +254,8 @@ class Trainer:
                     continue
                 micro = 0
                 lr = scheduled_lr(self.step, self.total_steps, self.steps_per_epoch, self.lr, cfg.min_lr,
-                                  warmup, cfg.warmup_lr, cfg.sched, cfg.lr_decay, cfg.lr_decay_start)
+                                  warmup, cfg.warmup_lr, cfg.sched, cfg.lr_decay, cfg.lr_decay_start,
+                                  cfg.poly_power)
                 set_lr(self.optimizer, lr)
                 if cfg.clip_grad:
                     self.scaler.unscale_(self.optimizer)

@@ -8,6 +8,6 @@ from ..engine.data import DataBundle, Skipped, collate
 from ..engine.plugin import get_plugin as get_modality
 from ..engine.plugin import plugin_for_file as modality_for_file
 from ..engine.plugin import register_plugin as register_modality
-from . import audio, image, pointcloud, timeseries, video  # noqa: F401  (registration)
+from . import audio, image, pointcloud, segmentation, timeseries, video  # noqa: F401  (registration)
 
 __all__ = ["DataBundle", "Skipped", "collate", "get_modality", "modality_for_file", "register_modality"]

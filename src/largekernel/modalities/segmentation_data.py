@@ -132,7 +132,10 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 def _pair_by_stem(images: list[Path], image_root: Path, mask_root: Path, where: str,
-                  mask_suffix: str | None = None) -> list[SegSample]:
+                  mask_suffix: str | None = None, keep_missing: bool = False) -> list[SegSample]:
+    """Pair each image with the mask of the same relative name; missing masks raise, or with
+    `keep_missing` stay in as samples whose expected mask path does not exist (`load_pair` then
+    names them, so a training run can skip and count them)."""
     samples, missing = [], []
     for img in images:
         rel = img.relative_to(image_root).with_suffix("")
@@ -141,9 +144,11 @@ def _pair_by_stem(images: list[Path], image_root: Path, mask_root: Path, where: 
         mask = next((c for c in candidates if c.is_file()), None)
         if mask is None:
             missing.append(str(img))
+            if keep_missing:
+                samples.append(SegSample(str(img), str(candidates[0])))
         else:
             samples.append(SegSample(str(img), str(mask)))
-    if missing:
+    if missing and not keep_missing:
         raise SegmentationDataError(
             f"{where}: {len(missing)} image(s) have no mask in {mask_root} (same relative path and "
             f"name, .png): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
@@ -185,8 +190,11 @@ def _voc_roots(root: Path) -> list[Path]:
     return [root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"]
 
 
-def find_samples(root: str | Path, split: str = "train", layout: str = "auto") -> SegDatasetInfo:
-    """The samples of `split` ("train" or "val") of a dataset in one of `LAYOUTS` (auto-detected)."""
+def find_samples(root: str | Path, split: str = "train", layout: str = "auto",
+                 keep_missing: bool = False) -> SegDatasetInfo:
+    """The samples of `split` ("train" or "val") of a dataset in one of `LAYOUTS` (auto-detected).
+    `keep_missing`: images without a mask (ADE20K, folders) are kept for `load_pair` to reject one
+    by one, instead of failing the whole scan."""
     root = Path(root)
     if not root.exists():
         raise SegmentationDataError(f"{root} does not exist")
@@ -200,7 +208,7 @@ def find_samples(root: str | Path, split: str = "train", layout: str = "auto") -
         if not images.is_dir():
             raise SegmentationDataError(f"{base}: no images/{sub} folder (ADE20K layout)")
         samples = _pair_by_stem(_images_under(images), images, base / "annotations" / sub,
-                                f"ADE20K {sub}", ".png")
+                                f"ADE20K {sub}", ".png", keep_missing)
         return SegDatasetInfo(samples, "ade20k", 150, None, reduce_zero_label=True)
     if layout == "voc":
         base = next((r for r in _voc_roots(root) if (r / "ImageSets" / "Segmentation").is_dir()), root)
@@ -240,7 +248,8 @@ def find_samples(root: str | Path, split: str = "train", layout: str = "auto") -
         split_found = (images / split).is_dir()
         if split_found:
             images, masks = images / split, masks / split
-        samples = _pair_by_stem(_images_under(images), images, masks, f"{root} ({split})")
+        samples = _pair_by_stem(_images_under(images), images, masks, f"{root} ({split})",
+                                keep_missing=keep_missing)
         classes = _read_classes(root)
         return SegDatasetInfo(samples, "folders", len(classes) if classes else None, classes,
                               split_found=split_found)
