@@ -119,21 +119,21 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # ImageNet-1K from scratch (spec section 6); lr scales linearly with the global batch.
+    # ImageNet-1K from scratch (the authors' recipe); lr scales linearly with the global batch.
     **{f"in1k_{v}": dict(model=f"unireplknet_{v}", epochs=300, warmup_epochs=20, blr=4e-3 * 256 / 4096,
                          weight_decay=0.05, smoothing=0.1, randaug="m9", reprob=0.25,
                          mixup=mix, cutmix=cut, drop_path=dp, input_size=224)
        for v, (mix, cut, dp) in {"a": (0.3, 0.3, 0.0), "f": (0.3, 0.3, 0.0), "p": (0.3, 0.3, 0.1),
                                  "n": (0.5, 0.5, 0.1), "t": (0.8, 1.0, 0.2),
                                  "s": (0.8, 1.0, 0.4)}.items()},
-    # ImageNet-22K -> 1K fine-tuning at 384 (spec section 6)
+    # ImageNet-22K -> 1K fine-tuning at 384 (the authors' recipe)
     **{f"in22k_ft_in1k_384_{v}": dict(model=f"unireplknet_{v}", input_size=384, crop_pct=1.0,
                                       epochs=30, warmup_epochs=0, blr=5e-5 * 256 / 512,
                                       weight_decay=1e-8, layer_decay=0.8, head_init_scale=0.001,
                                       mixup=0.0, cutmix=0.0, smoothing=0.1, drop_path=0.2,
                                       ema_decay=0.9999 if v in ("l", "xl") else None)
        for v in ("s", "b", "l", "xl")},
-    # Speech Commands V2 (spec section 4, audio): 128 x 128 log-mel, BCE, waveform mixup, x0.85/epoch
+    # Speech Commands V2 (the authors' audio recipe): 128 x 128 log-mel, BCE, waveform mixup, x0.85/epoch
     "speechcommands_s": dict(modality="audio", model="unireplknet_s", in_chans=1, input_size=128,
                              mel_bins=128, target_frames=128, drop_path=0.4, opt="adam", lr=2.5e-4,
                              weight_decay=5e-7, betas=(0.95, 0.999), batch_size=128, epochs=100,
@@ -141,12 +141,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                              min_lr=0.0, loss="bce", mixup=10.0, mixup_prob=0.6, cutmix=0.0,
                              smoothing=0.0, randaug=None, reprob=0.0, hflip=0.0, freq_mask=48,
                              time_mask=48),
-    # ModelNet-40 (spec section 4, point cloud): 4096 FPS points, 4 views at 224, S backbone
+    # ModelNet-40 (the authors' point-cloud recipe): 4096 FPS points, 4 views at 224, S backbone
     "modelnet40_s": dict(modality="pointcloud", model="unireplknet_s", input_size=224, num_points=4096,
                          views=4, knn=32, test_copies=8, drop_path=0.4, smoothing=0.2, opt="adamw",
                          lr=5e-4, weight_decay=0.05, batch_size=16, epochs=300, sched="cosine",
                          mixup=0.0, cutmix=0.0),
-    # Kinetics-400 from scratch (spec section 4; authors' Video/run_unireplknet.sh): their --lr 4e-3
+    # Kinetics-400 from scratch (the authors' Video/run_unireplknet.sh): their --lr 4e-3
     # is a base lr (VideoMAE scales it by batch/256; 4 x 8 GPUs x update_freq 2 = 64 -> 1e-3).
     # RandAugment is not applied to clips (README, video).
     "kinetics400_s": dict(modality="video", model="unireplknet_s", frames=16, frame_stride=4,
@@ -156,12 +156,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                           batch_size=4, accum_steps=2, test_clips=5, test_crops=3,
                           model_kwargs=dict(kernel_sizes=[[3, 3, 3], [13, 13, 13], [13, 3, 3] * 9,
                                                           [11, 11, 11]])),
-    # Forecasting (spec section 4, time series): 48 steps in, 24 out, 48 x 768 = one 192 x 192 map, S
+    # Forecasting (the authors' time-series recipe): 48 steps in, 24 out, 48 x 768 = one 192 x 192 map, S
     "forecast_s": dict(modality="timeseries", model="unireplknet_s", in_chans=1, lookback=48,
                        horizon=24, embed_dim=768, drop_path=0.1, opt="adamw", lr=1e-4,
                        weight_decay=0.05, batch_size=32, epochs=20, warmup_epochs=1, sched="cosine",
                        mixup=0.0, cutmix=0.0, smoothing=0.0),
-    # ADE20K semantic segmentation (segmentation spec section 6; models.segmentation.ADE20K_RECIPE):
+    # ADE20K semantic segmentation (the authors' released config; models.segmentation.ADE20K_RECIPE):
     # UPerNet-T, 160k iterations of batch 16 = 1,264 steps per epoch of the 20,210 training images
     # (padded to whole batches), so 127 epochs cut at max_steps 160000, which is also the poly
     # schedule's length; the 1,500 warmup iterations are 1500/1264 epochs; mIoU every 3 epochs
