@@ -128,7 +128,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     arg("--model", default=None, metavar="NAME",
         help="architecture of a checkpoint that does not record it (the authors' .pth files)"),
     arg("--num-classes", type=non_negative_int, default=None, metavar="N",
-        help="classifier classes (default: the model's / the checkpoint's; 0 = pooled features)"),
+        help="classes of the classifier or segmenter (default: the model's / the checkpoint's; "
+             "0 = pooled features)"),
     arg("--in-chans", type=positive_int, default=None, metavar="N", help="input channels"),
     arg("--features-only", action="store_true",
         help="export the dense-prediction backbone (four outputs stage0..stage3)"),
