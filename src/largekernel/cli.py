@@ -116,9 +116,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result["deploy_same_predictions"] else 1
 
 
-@command("export", help="export to ONNX or torch.export (.pt2) with a dynamic batch and check parity", args=[
+@command("export", help="export to ONNX or torch.export (.pt2) with a dynamic batch, height and width "
+                         "and check parity", args=[
     arg("source", metavar="SOURCE",
-        help="a model name (e.g. unireplknet_a; random weights) or a checkpoint file (.pth/.safetensors)"),
+        help="a model name (e.g. unireplknet_a, upernet_unireplknet_a; random weights) or a checkpoint "
+             "file (.pth/.safetensors; an mmseg segmenter checkpoint too)"),
     arg("--format", choices=["onnx", "torch-export"], default=None,
         help="onnx (.onnx, run with onnxruntime) or torch-export (.pt2); default: from -o, else onnx"),
     arg("-o", "--output", metavar="OUT", default=None,
@@ -126,15 +128,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     arg("--model", default=None, metavar="NAME",
         help="architecture of a checkpoint that does not record it (the authors' .pth files)"),
     arg("--num-classes", type=non_negative_int, default=None, metavar="N",
-        help="classifier classes (default: the model's / the checkpoint's; 0 = pooled features)"),
+        help="classes of the classifier or segmenter (default: the model's / the checkpoint's; "
+             "0 = pooled features)"),
     arg("--in-chans", type=positive_int, default=None, metavar="N", help="input channels"),
     arg("--features-only", action="store_true",
         help="export the dense-prediction backbone (four outputs stage0..stage3)"),
     arg("--input-size", type=positive_int, default=None, metavar="N",
-        help="square input size (default: the model's pretrained_cfg, else 224)"),
+        help="square size of the example input the graph is traced with (default: the model's "
+             "pretrained_cfg, else 224); the file then takes any height and width >= 33 (the "
+             "stride-32 map must be >= 2 x 2), unless --static-hw or N < 33 fixes them to N"),
+    arg("--static-hw", action="store_true",
+        help="fix height and width to --input-size (only the batch stays dynamic)"),
     arg("--batch", type=positive_int, default=2, metavar="N",
         help="batch of the example input, >= 2 (default: 2); the batch stays dynamic"),
-    arg("--atol", type=float, default=1e-4, help="parity tolerance, max abs diff (default: 1e-4)"),
+    arg("--check-sizes", nargs="+", default=None, metavar="HxW",
+        help="input sizes the exported file is checked at (default: two derived from --input-size "
+             "other than it, e.g. 96x80 and 50x70 for 64)"),
+    arg("--atol", type=float, default=1e-5,
+        help="parity tolerance: absolute part (default: 1e-5); a check passes when max |diff| <= "
+             "atol + rtol x max |output|"),
+    arg("--rtol", type=float, default=1e-4,
+        help="parity tolerance relative to the output's scale (default: 1e-4, fp32 reduction-order "
+             "differences)"),
     arg("--no-verify", action="store_true", help="skip running the exported file"),
     arg("--quantize", choices=["int8"], default=None,
         help="also write OUT.int8.onnx (onnxruntime static quantization of the GEMMs), timed against "
@@ -148,14 +163,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 ])
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a model in its inference form (a train-form model is re-parameterized first) with a
-    dynamic batch, then run the file (onnxruntime / torch.export.load) at another batch size and
-    compare with PyTorch. Exit code 1 when a difference exceeds --atol."""
+    dynamic batch, height and width, then run the file (onnxruntime / torch.export.load) at two
+    input shapes other than the traced one and compare with PyTorch. Exit code 1 when a difference
+    exceeds its tolerance."""
     from pathlib import Path
 
     from .engine.inference import load_trained, records_training
     from .models.checkpoint import model_from_checkpoint
     from .models.registry import create_model
-    from .tools.export import FORMATS, check_batch, check_path, export_model, format_export
+    from .models.segmentation import is_segmenter_checkpoint, segmenter_from_checkpoint
+    from .tools.export import FORMATS, check_batch, check_path, export_model, format_export, parse_size
 
     fmt = args.format
     if fmt is None and args.output is not None:
@@ -180,6 +197,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         stem = args.source
     out = check_path(args.output if args.output is not None else Path.cwd() / (stem + FORMATS[fmt]), fmt)
     check_batch(args.batch)
+    check_sizes = [parse_size(t) for t in args.check_sizes] if args.check_sizes else None
     example = contract = None
     if source.is_file() and records_training(source) and args.model is None and \
             not any(v is not None for v in opts.values()):
@@ -191,6 +209,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         def example(n: int, generator):
             return trained.modality.example_input(cfg, n, generator)
         contract = dict(modality=cfg.modality, **trained.modality.input_contract(cfg))
+    elif source.is_file() and is_segmenter_checkpoint(source):
+        if args.features_only:
+            raise ValueError(f"{source} is a segmenter (UPerNet) checkpoint; --features-only exports a "
+                             "classifier's dense backbone: drop it to export the segmenter")
+        model = segmenter_from_checkpoint(source, args.model, num_classes=args.num_classes,
+                                          in_chans=args.in_chans)
     elif source.is_file():
         model = model_from_checkpoint(source, args.model, **opts)
     else:
@@ -199,8 +223,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.quantize and fmt != "onnx":
         raise ValueError("--quantize int8 quantizes an ONNX file: use --format onnx (or -o OUT.onnx)")
     result = export_model(model, out, fmt, input_size=args.input_size, batch=args.batch,
-                          verify=not args.no_verify, atol=args.atol, example=example,
-                          contract=contract)
+                          verify=not args.no_verify, atol=args.atol, rtol=args.rtol, example=example,
+                          contract=contract, dynamic_hw=False if args.static_hw else None,
+                          check_sizes=check_sizes)
     quantized = None
     if args.quantize:
         from .tools.export import format_quantize, int8_deployment, quantization_inputs

@@ -619,6 +619,16 @@ def infer_backbone_variant(sd: dict[str, torch.Tensor]) -> str:
                      f"UniRepLKNet variants ({', '.join(VARIANTS)}); build it with build_segmenter()")
 
 
+def is_segmenter_checkpoint(path: str | Path) -> bool:
+    """Whether a file is a segmenter checkpoint that `segmenter_from_checkpoint` builds (an mmseg
+    layout with a decode head); a `save_checkpoint` file records its architecture instead."""
+    from .checkpoint import read_metadata, read_state_dict
+
+    if read_metadata(path).get("architecture"):
+        return False
+    return is_segmenter_state_dict(read_state_dict(path, backbone_only=False))
+
+
 def segmenter_from_checkpoint(path: str | Path, model_name: str | None = None, **kwargs) -> UPerNet:
     """Build the segmenter an mmseg-layout checkpoint describes (variant, classes, head widths,
     train/deploy form, in_chans read off its shapes) and load it. kwargs override."""

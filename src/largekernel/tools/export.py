@@ -1,10 +1,15 @@
-"""Export to ONNX or torch.export (.pt2) with a dynamic batch, and check the artefact's parity.
+"""Export to ONNX or torch.export (.pt2) with a dynamic batch, height and width; check the artefact.
 
 `export_model` folds a train-form model into its inference form first (on a copy), swaps any module
 that has a plain-PyTorch twin for that twin (the hook a fast custom kernel plugs into: neither
-exporter can see through a custom op), exports with a dynamic batch dimension, then runs the file it
-wrote (onnxruntime on CPU, or `torch.export.load(...).module()`) at ANOTHER batch size and reports the
-max abs difference per output against the PyTorch model.
+exporter can see through a custom op), exports with a symbolic batch and (for N x C x H x W inputs)
+symbolic height and width, then runs the file it wrote (onnxruntime on CPU, or
+`torch.export.load(...).module()`) at two input shapes NOT used for tracing and compares each output
+with the PyTorch model, relative to the output's scale (see `parity_tolerance`).
+
+Height and width have a lower bound: torch.export assumes every symbolic size is >= 2 (it
+specializes 0 and 1), and UniRepLKNet's stride-32 map is ceil(H / 32) x ceil(W / 32), so H, W >= 33
+(`min_dynamic_size`). Smaller example inputs are exported with a fixed H and W (`dynamic_hw=False`).
 
 torch 2.13: `torch.onnx.export(..., dynamo=True)` (the torch.export-based exporter, needs onnx and
 onnxscript) with `dynamic_shapes=`; the TorchScript exporter (`dynamo=False`) is deprecated there.
@@ -40,9 +45,13 @@ ONNX_INLINE_LIMIT = 1800 * 2**20
 class ExportResult:
     """What `export_model` wrote and how well the artefact matches the PyTorch model.
 
-    `max_abs_diff`: per output, artefact vs the exported (deploy-form) PyTorch model.
-    `max_abs_diff_source`: per output, artefact vs the model as given, when it was folded first.
-    `ok`: every difference <= atol; None when not verified.
+    `dynamic_dims`: input dimension -> its lower bound (`{"batch": 1, "height": 33, "width": 33}`);
+    a dimension not listed is fixed to `input_shape`'s value, `static_reason` says why.
+    `checks`: one entry per parity input shape (`shape`, and per output `max_abs_diff`, `scale` =
+    max |PyTorch output|, `tolerance` = atol + rtol * scale, `max_abs_diff_source`).
+    `max_abs_diff`: per output, the largest over the checks, artefact vs the exported (deploy-form)
+    PyTorch model; `max_abs_diff_source`: the same vs the model as given, when it was folded first.
+    `ok`: every difference <= its tolerance; None when not verified.
     `input_contract`: what the graph takes and which preprocessing stays outside it (from the
     plug-in), also written into the file's metadata.
     """
@@ -54,13 +63,17 @@ class ExportResult:
     output_names: list[str]
     output_shapes: list[list[int]]
     dynamic_batch: bool = True
+    dynamic_dims: dict[str, int] = field(default_factory=lambda: {"batch": 1})
+    static_reason: str | None = None
     files: list[str] = field(default_factory=list)
     size_bytes: int = 0
     reparameterized: bool = False
     verified: bool = False
     verify_shape: list[int] | None = None
     runtime: str | None = None
-    atol: float = 1e-4
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    checks: list[dict[str, Any]] = field(default_factory=list)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     max_abs_diff_source: dict[str, float] | None = None
     ok: bool | None = None
@@ -214,18 +227,77 @@ def _param_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-# ---- export and verification ---------------------------------------------------------------------
+# ---- dynamic shapes ------------------------------------------------------------------------------
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, names: list[str],
-                 contract: dict[str, str] | None = None) -> list[Path]:
+def min_dynamic_size(model: nn.Module) -> int:
+    """The smallest symbolic height/width the exported graph can take: total stride + 1.
+
+    torch.export assumes every symbolic size is >= 2 (sizes 0 and 1 are specialized), and a stride-s
+    conv stack (UniRepLKNet: two stride-2 stem convs, three stride-2 downsamplings) turns H into
+    ceil(H / s), which is >= 2 only for H >= s + 1: 33 for UniRepLKNet and its segmenters (also
+    inside a plug-in's model). A model with no `feature_info` strides in it gets 2 (the exporter
+    then reports any other limit).
+    """
+    strides = [int(f["reduction"]) for m in model.modules() for f in (getattr(m, "feature_info", None) or [])
+               if isinstance(f, dict) and "reduction" in f]
+    return max(strides) + 1 if strides else 2
+
+
+def default_check_sizes(hw: Sequence[int], minimum: int) -> list[tuple[int, int]]:
+    """Two (H, W) parity-check sizes other than the traced one, not multiples of 32 in general:
+    1.5 x / 1.25 x and 0.78 x / 1.1 x the traced size (64 x 64 -> 96 x 80 and 50 x 70)."""
+    h, w = hw
+    sizes = [(round(1.5 * h), round(1.25 * w)), (max(minimum, round(0.78 * h)), max(minimum, round(1.1 * w)))]
+    return [s if s != (h, w) else (s[0] + 1, s[1] + 3) for s in sizes]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`HxW` (or `N` for N x N) as used by `--check-sizes`."""
+    parts = text.lower().split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) not in (1, 2) or min(hw, default=0) < 1:
+        raise ValueError(f"a size is HxW or N with positive integers (e.g. 96x80), got {text!r}")
+    return (hw[0], hw[-1])
+
+
+def _dynamic_spec(dims: dict[str, int]) -> tuple[dict[int, Any], ...]:
     from torch.export import Dim
 
+    axes = {"batch": 0, "height": 2, "width": 3}
+    return ({axes[n]: Dim(n, min=lo) if n != "batch" else Dim(n) for n, lo in dims.items()},)
+
+
+def _decide_dynamic_hw(x: torch.Tensor, minimum: int, dynamic_hw: bool | None) -> str | None:
+    """None when H and W can be symbolic; else why they stay fixed (an error when it was asked for)."""
+    if dynamic_hw is False:
+        return "fixed on request (static_hw / --static-hw)"
+    if x.dim() != 4:
+        reason = f"the input is {x.dim()}-D, not N x C x H x W"
+    elif min(x.shape[-2:]) < minimum:
+        reason = (f"the example input is {x.shape[-2]}x{x.shape[-1]}, and a symbolic height/width "
+                  f"needs an example of at least {minimum} px (this model's total stride + 1); "
+                  f"trace at a larger --input-size, e.g. {max(64, minimum)}, for a dynamic H and W")
+    else:
+        return None
+    if dynamic_hw:
+        raise ValueError(f"cannot export with a dynamic height and width: {reason}")
+    log.warning("height and width stay fixed: %s", reason)
+    return reason
+
+
+# ---- export and verification ---------------------------------------------------------------------
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, names: list[str], dims: dict[str, int],
+                 contract: dict[str, str] | None = None) -> list[Path]:
     external = _param_bytes(model) > ONNX_INLINE_LIMIT
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # a stale side file from an earlier export would mislead
     with _quiet_exporter():
         torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False,
-                          dynamic_shapes=({0: Dim("batch")},), input_names=["input"],
+                          dynamic_shapes=_dynamic_spec(dims), input_names=["input"],
                           output_names=names, external_data=external)
     if contract:
         import onnx
@@ -241,34 +313,59 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path, names: list[str]
 CONTRACT_FILE = "largekernel_contract.json"  # inside a .pt2 (torch.export.load's extra_files)
 
 
-def _export_torch(model: nn.Module, x: torch.Tensor, path: Path,
+def _export_torch(model: nn.Module, x: torch.Tensor, path: Path, dims: dict[str, int],
                   contract: dict[str, str] | None = None) -> list[Path]:
-    from torch.export import Dim
-
     with _quiet_exporter():
-        ep = torch.export.export(model, (x,), dynamic_shapes=({0: Dim("batch")},))
+        # a guard the symbolic-shape solver cannot prove over the whole range (the segmenter's
+        # 1 x 1 pyramid-pooling map resized to ceil(H/32) x ceil(W/32) yields `1 % ceil(W/32) != 0`)
+        # becomes an assert checked at run time, as the ONNX exporter does; the parity check then
+        # runs the file at other sizes
+        ep = torch.export.export(model, (x,), dynamic_shapes=_dynamic_spec(dims),
+                                 prefer_deferred_runtime_asserts_over_guards=True)
         extra = {CONTRACT_FILE: json.dumps(contract)} if contract else None
         torch.export.save(ep, str(path), extra_files=extra)
     return [path]
 
 
-def run_artefact(path: str | Path, fmt: str, x: torch.Tensor) -> list[torch.Tensor]:
-    """Run an exported file on `x`: onnxruntime (CPU) for .onnx, `torch.export.load` for .pt2."""
+def load_artefact(path: str | Path, fmt: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """Load an exported file once: onnxruntime (CPU) for .onnx, `torch.export.load` for .pt2; the
+    returned function runs it on a batch and returns its outputs."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
-        return [torch.from_numpy(y) for y in sess.run(None, feed)]
+        name = sess.get_inputs()[0].name
+        return lambda x: [torch.from_numpy(y) for y in sess.run(None, {name: x.detach().cpu().numpy()})]
     with _quiet_exporter():
         module = torch.export.load(str(path)).module()
-    with torch.no_grad():
-        return [y.detach().cpu() for y in _as_list(module(x))]
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [y.detach().cpu() for y in _as_list(module(x))]
+    return run
 
 
-def _max_diffs(names, got, ref) -> dict[str, float]:
+def run_artefact(path: str | Path, fmt: str, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run an exported file on `x` (see `load_artefact`)."""
+    return load_artefact(path, fmt)(x)
+
+
+def parity_tolerance(scale: float, atol: float, rtol: float) -> float:
+    """The largest acceptable |artefact - PyTorch| for an output whose max |value| is `scale`.
+
+    Both sides compute in fp32 but reduce in different orders (onnxruntime's / the exported graph's
+    kernels vs PyTorch's). A length-K dot product then differs by about sqrt(K) u |y| (u = 2^-24 =
+    6e-8; worst case K u |y|), the largest K here being the MLPs' 4C (1280 for A, 8192 for XL), and
+    the relative differences of successive layers add up: ~1e-5 of the output scale for the deepest
+    variants, a few 1e-7 measured for A. `rtol` (1e-4 by default) bounds that with a margin; `atol`
+    (1e-5) covers outputs whose scale is near 0.
+    """
+    return atol + rtol * scale
+
+
+def _compare(names, got, ref, atol: float, rtol: float) -> dict[str, dict[str, float]]:
     if len(got) != len(ref):
         raise RuntimeError(f"the artefact returned {len(got)} outputs, the model {len(ref)}")
     out = {}
@@ -276,22 +373,39 @@ def _max_diffs(names, got, ref) -> dict[str, float]:
         b = b.detach().cpu()
         if tuple(a.shape) != tuple(b.shape):
             raise RuntimeError(f"output {n}: artefact shape {tuple(a.shape)} vs model {tuple(b.shape)}")
-        out[n] = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+        diff = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+        scale = float(b.float().abs().max()) if b.numel() else 0.0
+        out[n] = dict(max_abs_diff=diff, scale=scale, tolerance=parity_tolerance(scale, atol, rtol))
     return out
+
+
+def _like(x: torch.Tensor, n: int, hw: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """A random batch of n inputs at H x W, with the example's mean and spread (parity inputs)."""
+    mean, std = x.float().mean(), x.float().std()
+    return (torch.randn(n, x.shape[1], *hw, generator=generator) * std + mean).to(x.device, x.dtype)
 
 
 def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
                  input_size: int | Sequence[int] | None = None, batch: int = 2, verify: bool = True,
-                 atol: float = 1e-4, verify_batch: int | None = None, seed: int = 0,
+                 atol: float = 1e-5, verify_batch: int | None = None, seed: int = 0,
                  example: Callable[[int, torch.Generator], torch.Tensor] | None = None,
-                 contract: dict[str, str] | None = None) -> ExportResult:
-    """Export `model` to `path` (`format` "onnx" -> .onnx, "torch-export" -> .pt2), dynamic batch.
+                 contract: dict[str, str] | None = None, rtol: float = 1e-4,
+                 dynamic_hw: bool | None = None,
+                 check_sizes: Sequence[Sequence[int]] | None = None) -> ExportResult:
+    """Export `model` to `path` (`format` "onnx" -> .onnx, "torch-export" -> .pt2) with a dynamic
+    batch, height and width.
 
     The model is exported in eval mode and inference form (a train-form model is re-parameterized
-    on a copy; modules with a plain twin are swapped for it). `input_size` (N or (H, W)) defaults to
-    the pretrained_cfg's; the example input is `batch` x in_chans x H x W. With `verify`, the file is
-    run at batch `verify_batch` (default batch + 1) and compared with the PyTorch model; `ok` says
-    whether every max abs difference is <= `atol` (1e-4 suits fp32).
+    on a copy; modules with a plain twin are swapped for it). `input_size` (N or (H, W)) is the size
+    of the example input the graph is traced with (default: the pretrained_cfg's); the example is
+    `batch` x in_chans x H x W. `dynamic_hw`: None = H and W symbolic (>= `min_dynamic_size`) when
+    the input is N x C x H x W and the example is large enough, else fixed with a warning; True =
+    symbolic or a ValueError saying why not; False = fixed to the example's.
+
+    With `verify`, the file is run at batch `verify_batch` (default batch + 1) and at batch 1, at
+    the two `check_sizes` (H, W) (default `default_check_sizes`; the traced size when H and W are
+    fixed), and compared with the PyTorch model: `ok` when every max abs difference is <=
+    `parity_tolerance(max |output|, atol, rtol)`.
 
     A plug-in's model gives `example(batch, generator)` (a random batch of its input, which
     replaces the image-shaped one) and `contract` (stored in the file's metadata and the result).
@@ -312,6 +426,7 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
     device = ref_param.device if ref_param is not None else torch.device("cpu")
     dtype = ref_param.dtype if ref_param is not None else torch.float32
     names = output_names_of(model)
+    minimum = min_dynamic_size(model)
 
     if any(getattr(get_precision(m), "precision", "fp32") != "fp32" for m in model.modules()):
         # the exporters would record bf16 casts no runtime here runs fast; export the fp32 model
@@ -324,6 +439,27 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
         deploy, folded = prepare_for_export(model)
         gen = torch.Generator().manual_seed(seed)
         x = example(batch, gen).to(device, dtype)
+        static_reason = _decide_dynamic_hw(x, minimum, dynamic_hw)
+        dims = {"batch": 1} if static_reason else {"batch": 1, "height": minimum, "width": minimum}
+        traced_hw = tuple(x.shape[-2:]) if x.dim() == 4 else None
+        if static_reason:
+            if check_sizes is not None and verify:
+                raise ValueError(f"check sizes need a dynamic height and width, and they stay fixed: "
+                                 f"{static_reason}")
+            check_sizes = [traced_hw]
+        else:
+            check_sizes = [tuple(int(v) for v in s) for s in check_sizes or
+                           default_check_sizes(traced_hw, minimum)]
+            small = [s for s in check_sizes if min(s) < minimum]
+            if small:
+                raise ValueError(f"check size {small[0][0]}x{small[0][1]} is below the exported graph's "
+                                 f"minimum height/width {minimum}")
+            if traced_hw in check_sizes:
+                raise ValueError(f"check sizes must differ from the traced size {traced_hw[0]}x"
+                                 f"{traced_hw[1]}, to show that height and width are dynamic")
+        if contract and not static_reason:
+            contract = dict(contract, dynamic=f"batch; height >= {minimum}; width >= {minimum} "
+                                              f"(traced at {traced_hw[0]} x {traced_hw[1]})")
         with torch.no_grad():
             example_out = _as_list(deploy(x))
         if len(example_out) != len(names):
@@ -331,11 +467,19 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
         t_prepare = time.perf_counter() - start
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("exporting to %s (%s), input %s, batch dynamic", path, format,
-                 "x".join(map(str, x.shape)))
+        log.info("exporting to %s (%s), example input %s, dynamic: %s", path, format,
+                 "x".join(map(str, x.shape)), ", ".join(dims))
         start = time.perf_counter()
-        files = (_export_onnx(deploy, x, path, names, contract) if format == "onnx"
-                 else _export_torch(deploy, x, path, contract))
+        try:
+            files = (_export_onnx(deploy, x, path, names, dims, contract) if format == "onnx"
+                     else _export_torch(deploy, x, path, dims, contract))
+        except Exception as e:
+            if static_reason:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"the {format} exporter could not keep height and width symbolic "
+                             f"(>= {minimum}): {first} -- export with a fixed size instead "
+                             "(--static-hw / dynamic_hw=False)") from e
         t_export = time.perf_counter() - start
         log.info("exported in %.1f s", t_export)
 
@@ -344,31 +488,58 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx",
             input_shape=list(x.shape), output_names=names,
             output_shapes=[list(y.shape) for y in example_out], files=[str(f) for f in files],
             size_bytes=sum(f.stat().st_size for f in files), reparameterized=folded, atol=atol,
+            rtol=rtol, dynamic_dims=dims, static_reason=static_reason,
             seconds_prepare=t_prepare, seconds_export=t_export, input_contract=contract)
         if not verify:
             return result
 
         start = time.perf_counter()
-        xv = example(verify_batch, gen).to(device, dtype)
-        got = run_artefact(path, format, xv)
-        with torch.no_grad():
-            ref = _as_list(deploy(xv))
-            result.max_abs_diff = _max_diffs(names, got, ref)
-            if folded:
-                result.max_abs_diff_source = _max_diffs(names, got, _as_list(model(xv)))
+        artefact = load_artefact(path, format)
+        shapes = [(verify_batch, hw) for hw in check_sizes]
+        if not static_reason and len(shapes) > 1:
+            shapes[-1] = (1, shapes[-1][1])  # batch 1 too
+        for n, hw in shapes:
+            xv = example(n, gen).to(device, dtype) if hw == traced_hw else _like(x, n, hw, gen)
+            try:
+                got = artefact(xv)
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"the exported file {path} fails at input {'x'.join(map(str, xv.shape))}"
+                                 f" ({first}): the model fixes a size the export made symbolic; export "
+                                 "with a fixed height and width (--static-hw / dynamic_hw=False)") from e
+            with torch.no_grad():
+                outputs = _compare(names, got, _as_list(deploy(xv)), atol, rtol)
+                check = dict(shape=list(xv.shape), outputs=outputs)
+                if folded:
+                    source = _compare(names, got, _as_list(model(xv)), atol, rtol)
+                    for k, v in source.items():
+                        check["outputs"][k]["max_abs_diff_source"] = v["max_abs_diff"]
+            result.checks.append(check)
         result.seconds_verify = time.perf_counter() - start
     finally:
         model.train(was_training)
 
     result.verified = True
-    result.verify_shape = list(xv.shape)
+    result.verify_shape = result.checks[0]["shape"]
     result.runtime = "onnxruntime CPU" if format == "onnx" else "torch.export.load"
-    diffs = [*result.max_abs_diff.values(), *(result.max_abs_diff_source or {}).values()]
-    result.ok = all(d <= atol for d in diffs)
+    outs = [c["outputs"] for c in result.checks]
+    result.max_abs_diff = {n: max(o[n]["max_abs_diff"] for o in outs) for n in names}
+    if folded:
+        result.max_abs_diff_source = {n: max(o[n]["max_abs_diff_source"] for o in outs) for n in names}
+    result.ok = all(max(v["max_abs_diff"], v.get("max_abs_diff_source", 0.0)) <= v["tolerance"]
+                    for o in outs for v in o.values())
     (log.info if result.ok else log.warning)(
-        "parity at batch %d (%s, %.1f s): max |diff| %s (atol %.0e)", verify_batch, result.runtime,
-        result.seconds_verify, ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items()), atol)
+        "parity at %s (%s, %.1f s): max |diff| %s",
+        ", ".join("x".join(map(str, c["shape"])) for c in result.checks), result.runtime,
+        result.seconds_verify, ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items()))
     return result
+
+
+def _dims_text(r: ExportResult) -> str:
+    if set(r.dynamic_dims) >= {"height", "width"}:
+        return (f"dynamic: batch, height >= {r.dynamic_dims['height']}, width >= {r.dynamic_dims['width']}"
+                f"; traced at {r.input_shape[-2]}x{r.input_shape[-1]}")
+    return "batch dynamic" + (f"; other sizes fixed: {r.static_reason}" if r.static_reason else "")
 
 
 def format_export(r: ExportResult) -> str:
@@ -380,7 +551,7 @@ def format_export(r: ExportResult) -> str:
     lines = [f"exported  {r.path}  ({r.format}, {r.size_bytes / 2**20:.1f} MiB"
              + (f" in {len(r.files)} files" if len(r.files) > 1 else "")
              + f", {r.seconds_export:.1f} s; model: {form})",
-             f"input     {r.input_name} {shape(r.input_shape)}  (batch dynamic)"]
+             f"input     {r.input_name} {shape(r.input_shape)}  ({_dims_text(r)})"]
     if r.input_contract:
         lines += [f"{'contract' if i == 0 else '':<9} {k}: {v}" for i, (k, v) in enumerate(r.input_contract.items())]
     width = max(len(n) for n in r.output_names)
@@ -389,16 +560,19 @@ def format_export(r: ExportResult) -> str:
     if not r.verified:
         lines.append("parity    not checked (--no-verify)")
         return "\n".join(lines)
-    lines.append(f"parity    at {shape(r.verify_shape)} vs the PyTorch model ({r.runtime}, "
-                 f"{r.seconds_verify:.1f} s):")
-    for n, d in r.max_abs_diff.items():
-        line = f"  {n:<{width}} max |diff| = {d:.1e} {'<=' if d <= r.atol else '>'} {r.atol:.0e} " \
-               f"{'OK' if d <= r.atol else 'FAIL'}"
-        if r.max_abs_diff_source is not None:
-            s = r.max_abs_diff_source[n]
-            line += f"   (vs the train form: {s:.1e}{'' if s <= r.atol else ' FAIL'})"
-        lines.append(line)
-    lines.append("result    " + ("OK" if r.ok else f"FAILED: a difference exceeds atol {r.atol:.0e}"))
+    lines.append(f"parity    vs the PyTorch model ({r.runtime}, {r.seconds_verify:.1f} s), tolerance "
+                 f"{r.atol:.0e} + {r.rtol:.0e} x max|output|:")
+    for c in r.checks:
+        lines.append(f"  at {shape(c['shape'])}")
+        for n, v in c["outputs"].items():
+            d, tol = v["max_abs_diff"], v["tolerance"]
+            line = (f"    {n:<{width}} max |diff| = {d:.1e} (max|output| {v['scale']:.2g}) "
+                    f"{'<=' if d <= tol else '>'} {tol:.1e} {'OK' if d <= tol else 'FAIL'}")
+            if "max_abs_diff_source" in v:
+                s = v["max_abs_diff_source"]
+                line += f"   (vs the train form: {s:.1e}{'' if s <= tol else ' FAIL'})"
+            lines.append(line)
+    lines.append("result    " + ("OK" if r.ok else "FAILED: a difference exceeds its tolerance"))
     return "\n".join(lines)
 
 
