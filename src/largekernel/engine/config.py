@@ -31,8 +31,10 @@ class TrainConfig:
     modality: str = option("image", "the plug-in (modality or task) that reads the data and names the task")
     model: str = option("unireplknet_a", "the backbone's registry name, e.g. unireplknet_s")
     model_kwargs: dict = option({}, "extra create_model options as JSON, e.g. {\"kernel_sizes\": [3, 5, 7, 9]}")
-    pretrained: bool = option(False, "start from the model's pretrained weights (Hub cache or download)")
-    init_checkpoint: str | None = option(None, "fine-tune from this weights file (the head is dropped if the classes differ)")
+    pretrained: bool = option(False, "start from the model's pretrained weights (Hub cache or download); "
+                              "without --preset, the finetune preset fills the options you do not set")
+    init_checkpoint: str | None = option(None, "fine-tune from this weights file instead (the head is dropped "
+                                         "if the classes differ; as --pretrained, the finetune defaults apply)")
     # data
     train: str | None = option(None, "training data: a folder (one subfolder per class), a CSV of path,label, or the "
                                   "plug-in's format (config key: train or data)")
