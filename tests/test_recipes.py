@@ -84,7 +84,7 @@ def test_starting_from_weights_without_a_preset_gets_finetune_defaults_under_own
         cfg = resolve_config(overrides={**start, "epochs": 3, "lr": 5e-4})
         assert (cfg.epochs, cfg.lr) == (3, 5e-4)  # the user's own values win
         assert (cfg.randaug, cfg.reprob, cfg.layer_decay, cfg.warmup_epochs, cfg.batch_size) == \
-            (None, 0.0, 0.8, 1, 32), start
+            (None, 0.0, 0.8, 0.3, 32), start  # warm-up: a tenth of the user's 3 epochs
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"pretrained": True, "randaug": "m5"}))
     assert resolve_config(yaml_path=path).randaug == "m5"

@@ -127,10 +127,11 @@ def default_warmup(epochs: float) -> float:
     return min(20.0, epochs / 10)
 
 
-# Fine-tuning from pretrained weights on a new (usually small) dataset: lr 1e-4 at batch 32, one
-# warm-up epoch, light augmentation (no RandAugment, erasing or mixup: they are for 300-epoch runs
-# from scratch), layer-wise lr decay so the early stages move least, a little stochastic depth.
-FINETUNE = dict(epochs=10, batch_size=32, blr=1e-4 * 256 / 32, warmup_epochs=1, min_lr=1e-6,
+# Fine-tuning from pretrained weights on a new (usually small) dataset: lr 1e-4 at batch 32, the
+# usual warm-up (a tenth of the run), light augmentation (no RandAugment, erasing or mixup: they are
+# for 300-epoch runs from scratch), layer-wise lr decay so the early stages move least, a little
+# stochastic depth.
+FINETUNE = dict(epochs=10, batch_size=32, blr=1e-4 * 256 / 32, min_lr=1e-6,
                 weight_decay=0.05, layer_decay=0.8, drop_path=0.1, smoothing=0.1, scale=(0.25, 1.0),
                 randaug=None, reprob=0.0, mixup=0.0, cutmix=0.0)
 
