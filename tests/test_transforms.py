@@ -202,9 +202,10 @@ def test_a_pretrained_shaped_pipeline_runs_end_to_end():
 
 def test_cli_predict_with_a_pretrained_name_uses_the_python_preprocessing(tmp_path, monkeypatch,
                                                                           randomize_reparam_state):
-    """`predict IMG --model NAME` gives exactly the probabilities of the documented Python path
-    (create_model(pretrained=True) + create_transform(data_config(model))), on an image that must be
-    resized; and they differ from the image modality's kornia resize, so the test tells them apart."""
+    """`predict IMG --model NAME` (and `--checkpoint AUTHORS.pth --model NAME`) gives exactly the
+    probabilities of the documented Python path (create_model(pretrained=True) +
+    create_transform(data_config(model))), on an image that must be resized; and they differ from the
+    image modality's kornia resize, so the test tells them apart."""
     import json
 
     import huggingface_hub.constants
@@ -239,3 +240,8 @@ def test_cli_predict_with_a_pretrained_name_uses_the_python_preprocessing(tmp_pa
     # the same float32 operations on the same tensor: equal to the bit
     assert [t["prob"] for t in top] == want.values.tolist()
     assert (kornia - probs).abs().max() > 1e-4
+    # the same file given as an authors' checkpoint with its architecture: the same preprocessing
+    code, out, err = run_cli(["predict", path, "--checkpoint", tmp_path / "weights.pth", "--model",
+                              "unireplknet_a.in1k", "--topk", "5", "--json"])
+    assert code == 0, err
+    assert json.loads(out)[0]["top"] == top

@@ -480,14 +480,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .labels import class_names_for
     from .models.registry import create_model
     from .precision import set_precision
-    from .transforms import create_transform, data_config
+    from .transforms import DATA_CONFIG_KEYS, create_transform, data_config
 
     load = None
     if args.checkpoint:
         trained = load_trained(args.checkpoint, args.model)
         if trained.modality is None:  # an authors' file: ImageNet names when its head has 1000/21841
             trained.classes = class_names_for(trained.model)  # classes, and its weights' preprocessing
-            load = create_transform(data_config(trained.model))
+            if set(DATA_CONFIG_KEYS) <= set(getattr(trained.model, "pretrained_cfg", None) or {}):
+                load = create_transform(data_config(trained.model))
     elif args.model:  # the weights' own preprocessing, as Python users get it
         model = create_model(args.model, pretrained=True).eval()
         load = create_transform(data_config(model))
