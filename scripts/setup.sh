@@ -17,16 +17,34 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
+# reachable: whether URL's host accepts a TCP connection within 5 s (behind a proxy: assumed yes)
+reachable() {
+    [ -n "${https_proxy:-}${HTTPS_PROXY:-}${http_proxy:-}${HTTP_PROXY:-}" ] && return 0
+    .venv/bin/python - "$1" <<'PY' >/dev/null 2>&1
+import socket, sys, urllib.parse
+url = urllib.parse.urlparse(sys.argv[1])
+socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+PY
+}
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-    torch_version=$(sed -n 's/^torch==//p' constraints/ci.txt)
+    torch_version=""  # the version the constraints pin, if any
+    if [ "$CONSTRAINTS" != none ]; then
+        torch_version=$(sed -n 's/^torch==//p' "$CONSTRAINTS")
+    fi
+    torch_spec="torch${torch_version:+==$torch_version}"
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        echo "setup: a CUDA GPU is present: installing torch==$torch_version with CUDA from the package index"
-        .venv/bin/python -m pip install --quiet "torch==$torch_version"
-    else
+        echo "setup: a CUDA GPU is present: installing $torch_spec with CUDA from the package index"
+        .venv/bin/python -m pip install --quiet "$torch_spec"
+    elif reachable "$TORCH_INDEX"; then
         # PyPI's Linux torch is a multi-GB CUDA build; the CPU index's "+cpu" build ranks higher
         # for the same version, and a package index already serving CPU builds keeps working.
-        echo "setup: no CUDA GPU: installing the CPU build of torch==$torch_version (index $TORCH_INDEX)"
-        .venv/bin/python -m pip install --quiet "torch==$torch_version" --extra-index-url "$TORCH_INDEX"
+        echo "setup: no CUDA GPU: installing the CPU build of $torch_spec (index $TORCH_INDEX)"
+        .venv/bin/python -m pip install --quiet "$torch_spec" --extra-index-url "$TORCH_INDEX"
+    else
+        echo "setup: no CUDA GPU, and $TORCH_INDEX cannot be reached: installing $torch_spec from the" \
+             "configured package index (a CPU build only where that index serves one; point" \
+             "LARGEKERNEL_TORCH_INDEX at a CPU wheel index you can reach otherwise)"
+        .venv/bin/python -m pip install --quiet "$torch_spec"
     fi
 fi
 .venv/bin/python -m pip install --quiet "${pin[@]}" -e ".[all,test]"

@@ -39,7 +39,7 @@ def test_config_layers_and_errors(tmp_path):
     assert off.randaug is None and resolve_config("in1k_t").randaug == "m9"
     with pytest.raises(ValueError, match="unknown config option.*'lrr'"):
         resolve_config(overrides={"lrr": 1})
-    with pytest.raises(ValueError, match="unknown preset 'nope'; available: ade20k_upernet_t, forecast_s, .*in1k_a"):
+    with pytest.raises(ValueError, match="unknown preset 'nope'; available: ade20k_upernet_t, digits, finetune, forecast_s, .*in1k_a"):
         resolve_config("nope")
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["lr"])

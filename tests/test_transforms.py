@@ -198,3 +198,50 @@ def test_a_pretrained_shaped_pipeline_runs_end_to_end():
     assert len(names) == probs.numel() == 1000
     assert all(isinstance(names[i], str) and names[i] for i in top.indices.tolist())
     assert torch.isclose(probs.sum(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_cli_predict_with_a_pretrained_name_uses_the_python_preprocessing(tmp_path, monkeypatch,
+                                                                          randomize_reparam_state):
+    """`predict IMG --model NAME` (and `--checkpoint AUTHORS.pth --model NAME`) gives exactly the
+    probabilities of the documented Python path (create_model(pretrained=True) +
+    create_transform(data_config(model))), on an image that must be resized; and they differ from the
+    image modality's kornia resize, so the test tells them apart."""
+    import json
+
+    import huggingface_hub.constants
+
+    from clitools import run_cli
+    from test_hub import make_cache
+
+    torch.manual_seed(0)
+    model = lk.create_model("unireplknet_a")
+    randomize_reparam_state(model, 0)  # layer scales of a trained net: the input matters
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    cache = make_cache(tmp_path / "hub", {"unireplknet_a_in1k_224_acc77.03.pth": tmp_path / "weights.pth"})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    path = tmp_path / "photo.png"
+    Image.fromarray(noise(300, 380, seed=5)).save(path)
+
+    code, out, err = run_cli(["predict", path, "--model", "unireplknet_a.in1k", "--topk", "5", "--json"])
+    assert code == 0, err
+    top = json.loads(out)[0]["top"]
+
+    model = lk.create_model("unireplknet_a.in1k", pretrained=True).eval()
+    transform = lk.create_transform(lk.data_config(model))
+    names = lk.class_names_for(model)
+    with torch.no_grad():
+        probs = model(transform(Image.open(path))[None]).softmax(-1)[0]
+        kornia = model(get_modality("image").load(path, TrainConfig(model="unireplknet_a"))[None]).softmax(-1)[0]
+    want = probs.topk(5)
+    assert [t["index"] for t in top] == want.indices.tolist()
+    assert [t["label"] for t in top] == [names[i] for i in want.indices.tolist()]
+    # the same float32 operations on the same tensor: equal to the bit
+    assert [t["prob"] for t in top] == want.values.tolist()
+    assert (kornia - probs).abs().max() > 1e-4
+    # the same file given as an authors' checkpoint with its architecture: the same preprocessing
+    code, out, err = run_cli(["predict", path, "--checkpoint", tmp_path / "weights.pth", "--model",
+                              "unireplknet_a.in1k", "--topk", "5", "--json"])
+    assert code == 0, err
+    assert json.loads(out)[0]["top"] == top

@@ -512,17 +512,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.inference import Trained, load_trained, predict_files
     from .engine.config import TrainConfig
     from .labels import class_names_for
-    from .models.registry import create_model, get_pretrained_cfg
+    from .models.registry import create_model
     from .precision import set_precision
+    from .transforms import DATA_CONFIG_KEYS, create_transform, data_config
 
+    load = None
     if args.checkpoint:
         trained = load_trained(args.checkpoint, args.model)
-        if trained.classes is None:  # an authors' file: ImageNet names when its head has 1000/21841 classes
-            trained.classes = class_names_for(trained.model)
-    elif args.model:
-        pcfg = get_pretrained_cfg(args.model)
+        if trained.modality is None:  # an authors' file: ImageNet names when its head has 1000/21841
+            trained.classes = class_names_for(trained.model)  # classes, and its weights' preprocessing
+            if set(DATA_CONFIG_KEYS) <= set(getattr(trained.model, "pretrained_cfg", None) or {}):
+                load = create_transform(data_config(trained.model))
+    elif args.model:  # the weights' own preprocessing, as Python users get it
         model = create_model(args.model, pretrained=True).eval()
-        cfg = TrainConfig(model=args.model, input_size=pcfg.input_size[-1], crop_pct=pcfg.crop_pct)
+        load = create_transform(data_config(model))
+        pcfg = model.pretrained_cfg
+        cfg = TrainConfig(model=args.model, input_size=pcfg["input_size"][-1], crop_pct=pcfg["crop_pct"])
         trained = Trained(model, cfg, class_names_for(model), None)
     else:
         raise ValueError("give --checkpoint CKPT (a trained model) or --model NAME (pretrained weights)")
@@ -533,7 +538,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if trained.modality is not None:
         results = trained.modality.predict(trained, args.paths, args.topk, options)
     else:
-        results = predict_files(trained, args.paths, args.topk)
+        results = predict_files(trained, args.paths, args.topk, load)
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     else:

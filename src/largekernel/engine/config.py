@@ -31,10 +31,13 @@ class TrainConfig:
     modality: str = option("image", "the plug-in (modality or task) that reads the data and names the task")
     model: str = option("unireplknet_a", "the backbone's registry name, e.g. unireplknet_s")
     model_kwargs: dict = option({}, "extra create_model options as JSON, e.g. {\"kernel_sizes\": [3, 5, 7, 9]}")
-    pretrained: bool = option(False, "start from the model's pretrained weights (Hub cache or download)")
-    init_checkpoint: str | None = option(None, "fine-tune from this weights file (the head is dropped if the classes differ)")
+    pretrained: bool = option(False, "start from the model's pretrained weights (Hub cache or download); "
+                              "without --preset, the finetune preset fills the options you do not set")
+    init_checkpoint: str | None = option(None, "fine-tune from this weights file instead (the head is dropped "
+                                         "if the classes differ; as --pretrained, the finetune defaults apply)")
     # data
-    train: str | None = option(None, "training data: a folder (one subfolder per class), a CSV of path,label, or the plug-in's format")
+    train: str | None = option(None, "training data: a folder (one subfolder per class), a CSV of path,label, or the "
+                                  "plug-in's format (config key: train or data)")
     val: str | None = option(None, "validation data in the same form; default: a split of the training data")
     val_split: float = option(0.1, "fraction held out for validation (per class) when no validation data is given")
     classes: list[str] | None = option(None, "the class names in order (default: sorted folder names or labels)")
@@ -64,7 +67,8 @@ class TrainConfig:
     lr: float | None = option(None, "absolute learning rate (default: blr x global batch / 256)")
     blr: float = option(4e-3 * 256 / 4096, "base learning rate per 256 samples, used when lr is not given")
     min_lr: float = option(1e-6, "learning rate at the end of the cosine schedule")
-    warmup_epochs: float = option(20, "epochs of linear warm-up (fractions allowed)")
+    warmup_epochs: float | None = option(None, "epochs of linear warm-up (fractions allowed); none: "
+                                         "min(20, epochs / 10), the resolved number is stored")
     warmup_lr: float = option(0.0, "learning rate at the start of the warm-up")
     sched: str = option("cosine", "schedule: cosine, poly ((1 - step/total)^poly_power, by iteration, "
                         "as mmseg), or step (lr x lr_decay per epoch from lr_decay_start)")
@@ -99,6 +103,8 @@ class TrainConfig:
     options: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.warmup_epochs is None:  # unset: a tenth of the run, at most the 300-epoch recipe's 20
+            self.warmup_epochs = default_warmup(self.epochs)
         if self.options is None:
             cls = plugin_options(self.modality)
             self.options = cls() if cls is not None else None
@@ -118,7 +124,32 @@ class TrainConfig:
         return json.loads(json.dumps(values))
 
 
+def default_warmup(epochs: float) -> float:
+    """Warm-up epochs when none are set: 10% of the run, at most 20 (the ImageNet recipes' value)."""
+    return min(20.0, epochs / 10)
+
+
+# Fine-tuning from pretrained weights on a new (usually small) dataset: lr 1e-4 at batch 32, the
+# usual warm-up (a tenth of the run), light augmentation (no RandAugment, erasing or mixup: they are
+# for 300-epoch runs from scratch), layer-wise lr decay so the early stages move least, a little
+# stochastic depth.
+FINETUNE = dict(epochs=10, batch_size=32, blr=1e-4 * 256 / 32, min_lr=1e-6,
+                weight_decay=0.05, layer_decay=0.8, drop_path=0.1, smoothing=0.1, scale=(0.25, 1.0),
+                randaug=None, reprob=0.0, mixup=0.0, cutmix=0.0)
+
+# Other names of config keys (`data:` in a YAML file or `--set data=...` is `train`, as the --data flag)
+KEY_ALIASES = {"data": "train"}
+
 PRESETS: dict[str, dict[str, Any]] = {
+    # Fine-tuning from weights: needs --pretrained or --init-checkpoint (also applied under a run's
+    # own settings when it starts from weights without a preset)
+    "finetune": FINETUNE,
+    # The demo's digits recipe (`largekernel make-data digits OUT`): grayscale 32x32, UniRepLKNet-A,
+    # no flips (digits are not mirror-symmetric), no RandAugment/erasing (they blot out 32-px digits)
+    "digits": dict(model="unireplknet_a", input_size=32, in_chans=1, crop_pct=1.0, batch_size=64,
+                   epochs=8, lr=4e-3, warmup_epochs=0.5, weight_decay=0.05, min_lr=1e-5, hflip=0.0,
+                   randaug=None, reprob=0.0, scale=(0.7, 1.0), smoothing=0.1, drop_path=0.0,
+                   mean=(0.5,), std=(0.5,)),
     # ImageNet-1K from scratch (the authors' recipe); lr scales linearly with the global batch.
     **{f"in1k_{v}": dict(model=f"unireplknet_{v}", epochs=300, warmup_epochs=20, blr=4e-3 * 256 / 4096,
                          weight_decay=0.05, smoothing=0.1, randaug="m9", reprob=0.25,
@@ -126,8 +157,9 @@ PRESETS: dict[str, dict[str, Any]] = {
        for v, (mix, cut, dp) in {"a": (0.3, 0.3, 0.0), "f": (0.3, 0.3, 0.0), "p": (0.3, 0.3, 0.1),
                                  "n": (0.5, 0.5, 0.1), "t": (0.8, 1.0, 0.2),
                                  "s": (0.8, 1.0, 0.4)}.items()},
-    # ImageNet-22K -> 1K fine-tuning at 384 (the authors' recipe)
-    **{f"in22k_ft_in1k_384_{v}": dict(model=f"unireplknet_{v}", input_size=384, crop_pct=1.0,
+    # ImageNet-22K -> 1K fine-tuning at 384 (the authors' recipe), from the authors' 22K weights
+    **{f"in22k_ft_in1k_384_{v}": dict(model=f"unireplknet_{v}.in22k", pretrained=True,
+                                      input_size=384, crop_pct=1.0,
                                       epochs=30, warmup_epochs=0, blr=5e-5 * 256 / 512,
                                       weight_decay=1e-8, layer_decay=0.8, head_init_scale=0.001,
                                       mixup=0.0, cutmix=0.0, smoothing=0.1, drop_path=0.2,
@@ -207,7 +239,10 @@ def _coerce_item(text: str) -> Any:
 
 def resolve_config(preset: str | None = None, yaml_path: str | Path | None = None,
                    overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < preset < YAML < overrides; unknown keys raise with the allowed names."""
+    """Defaults < preset < YAML < overrides; unknown keys raise with the allowed names.
+
+    A run that starts from weights (`pretrained` or `init_checkpoint`) without a preset gets the
+    `finetune` preset under its own settings, so it cannot inherit the from-scratch recipe."""
     values: dict[str, Any] = {}
     if preset:
         if preset not in PRESETS:
@@ -222,8 +257,14 @@ def resolve_config(preset: str | None = None, yaml_path: str | Path | None = Non
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of option: value")
-        values.update(loaded)
-    values.update(overrides or {})  # an explicit None (e.g. randaug=None) switches a feature off
+        values.update(_unalias(loaded, str(path)))
+    values.update(_unalias(overrides or {}, "overrides"))  # an explicit None switches a feature off
+    from_weights = _given(values.get("pretrained")) or _given(values.get("init_checkpoint"))
+    if preset == "finetune" and not from_weights:
+        raise ValueError("the finetune preset starts from trained weights: add --pretrained (the Hub "
+                         "weights of --model, e.g. unireplknet_s.in1k) or --init-checkpoint FILE")
+    if preset is None and from_weights:
+        values = {**FINETUNE, **values}
     modality = values.get("modality", TrainConfig.__dataclass_fields__["modality"].default)
     get_plugin(modality)  # an unknown modality fails here, naming the known ones
     engine = {k: f for k, f in TrainConfig.__dataclass_fields__.items() if k != "options"}
@@ -240,6 +281,24 @@ def resolve_config(preset: str | None = None, yaml_path: str | Path | None = Non
                        options=options)
 
 
+def _given(value: Any) -> bool:
+    """Whether a raw option value switches something on (True or a path; not false/none/empty)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "none", "null", "false", "0")
+    return bool(value)
+
+
+def _unalias(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` with alias keys (KEY_ALIASES) renamed; an alias next to its key is an error."""
+    out = dict(values)
+    for alias, key in KEY_ALIASES.items():
+        if alias in out:
+            if key in out and out[key] != out[alias]:
+                raise ValueError(f"{source} set both {alias!r} and {key!r} (the same option); keep one")
+            out[key] = out.pop(alias)
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`["lr=1e-3", "model_kwargs={\"kernel_sizes\": [3,5,7,9]}"]` -> dict (values parsed later)."""
     out = {}
@@ -247,5 +306,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} must look like key=value")
-        out[key.strip().replace("-", "_")] = value
+        key = key.strip().replace("-", "_")
+        out[KEY_ALIASES.get(key, key)] = value
     return out

@@ -5,6 +5,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -72,20 +73,23 @@ def _no_download(cfg: TrainConfig) -> TrainConfig:
 
 
 @torch.no_grad()
-def predict_files(trained: Trained, paths: list[str | Path], topk: int = 5) -> list[dict]:
-    """Top-k predictions per file; an unreadable file gives an entry with `error` set. For a
-    modality with test-time copies (`eval_copies`), `load` gives the stack of copies and the
-    softmax scores are averaged over them, as `eval` does."""
+def predict_files(trained: Trained, paths: list[str | Path], topk: int = 5,
+                  load: Callable[[str | Path], torch.Tensor] | None = None) -> list[dict]:
+    """Top-k predictions per file; an unreadable file gives an entry with `error` set. `load`
+    (path -> one input, ValueError when unreadable) replaces the plug-in's reader, e.g. the
+    pretrained weights' own preprocessing. For a modality with test-time copies (`eval_copies`),
+    the plug-in's `load` gives the stack of copies and the softmax scores are averaged over them,
+    as `eval` does."""
     results = []
     for p in paths:
         modality = trained.modality or plugin_for_file(p)
         try:
-            x = modality.load(p, trained.cfg)
+            x = load(p) if load is not None else modality.load(p, trained.cfg)
         except ValueError as e:
             log.error("%s", e)
             results.append(dict(path=str(p), error=str(e)))
             continue
-        copies = modality.eval_copies
+        copies = modality.eval_copies and load is None
         probs = trained.model(x if copies else x[None]).float().softmax(-1).mean(0)
         k = min(topk, probs.numel())
         top = probs.topk(k)

@@ -1,6 +1,7 @@
 """The training loop: modality-agnostic, resumable to the exact same weights, DDP-aware."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -105,9 +106,15 @@ class Trainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
-        model = self.modality.build_model(cfg, len(self.classes))
-        if cfg.init_checkpoint:
-            self.modality.init_weights(model, cfg.init_checkpoint)
+        if cfg.init_checkpoint:  # a local file replaces the Hub weights: nothing is downloaded
+            path = Path(cfg.init_checkpoint).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"--init-checkpoint {path} does not exist (a weights file: "
+                                        ".pth, .pt or .safetensors)")
+            model = self.modality.build_model(dataclasses.replace(cfg, pretrained=False), len(self.classes))
+            self.modality.init_weights(model, path)  # the classifier's head is dropped if classes differ
+        else:
+            model = self.modality.build_model(cfg, len(self.classes))
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if cfg.sync_bn and self.dist.world > 1:
@@ -208,6 +215,9 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
             self.tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
         warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
+        global_batch = cfg.batch_size * cfg.accum_steps * self.dist.world
+        if self.dist.main:
+            log.info("recipe: %s", recipe_line(cfg, self.lr, global_batch))
         gen = torch.Generator()
         start_time, self.seen = time.perf_counter(), 0
         progress = _progress(self.total_steps, self.step, enabled=self.dist.main)
@@ -338,6 +348,17 @@ class Trainer:
                 log.info("matplotlib not installed: no plots")
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def recipe_line(cfg: TrainConfig, lr: float, global_batch: int) -> str:
+    """The resolved settings a newcomer checks first (start weights, schedule, augmentation), one line."""
+    start = (f"weights {cfg.init_checkpoint}" if cfg.init_checkpoint else
+             f"pretrained {cfg.model}" if cfg.pretrained else "random init")
+    how = "" if cfg.lr is not None else f" (blr {cfg.blr:.3g} x {global_batch}/256)"
+    return (f"{cfg.model} from {start}; {cfg.epochs} epochs, {cfg.warmup_epochs:g} warm-up, "
+            f"lr {lr:.3g}{how}, batch {global_batch}, {cfg.sched}; randaug {cfg.randaug}, "
+            f"reprob {cfg.reprob:g}, mixup {cfg.mixup:g}, cutmix {cfg.cutmix:g}, "
+            f"drop_path {cfg.drop_path:g}, layer_decay {cfg.layer_decay}")
 
 
 def _tensorboard_writer(folder: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.config import resolve_config
+from ..engine.config import PRESETS, resolve_config
 from ..engine.evaluate import evaluate
 from ..engine.inference import load_trained, predict_files
 from ..engine.trainer import Trainer
@@ -27,12 +27,9 @@ from ..precision import set_precision
 
 log = logging.getLogger(__name__)
 
-# The demo recipe: grayscale 32x32 inputs, no flips (digits are not mirror-symmetric), no
-# RandAugment/erasing (they invert and blot out 32-pixel digits), a short cosine schedule.
-DEMO_CONFIG = dict(model="unireplknet_a", input_size=32, in_chans=1, crop_pct=1.0, batch_size=64,
-                   epochs=8, lr=4e-3, warmup_epochs=0.5, weight_decay=0.05, min_lr=1e-5, hflip=0.0,
-                   randaug=None, reprob=0.0, scale=(0.7, 1.0), smoothing=0.1, drop_path=0.0,
-                   log_every=5, save_every_steps=20, seed=0, mean=(0.5,), std=(0.5,))
+# The demo recipe is the `digits` preset (grayscale 32x32 inputs, no flips, no RandAugment/erasing,
+# a short cosine schedule), logged and checkpointed often.
+DEMO_CONFIG = dict(PRESETS["digits"], log_every=5, save_every_steps=20, seed=0)
 
 
 def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, fresh: bool = True,
