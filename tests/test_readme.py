@@ -42,11 +42,13 @@ def commands(block: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    """A folder with the files the examples name, and an offline Hub cache holding in1k weights."""
+    """A folder with the files the examples name (images, an authors'-format checkpoint), and an
+    offline Hub cache holding in1k weights."""
     root = tmp_path_factory.mktemp("readme")
     torch.manual_seed(0)
     weights = root / "weights.pth"
     torch.save(lk.create_model("unireplknet_a").state_dict(), weights)
+    (root / "unireplknet_a_in1k_224_acc77.03.pth").write_bytes(weights.read_bytes())  # the authors' name
     cache = make_cache(root / "hub", {lk.get_pretrained_cfg("unireplknet_a.in1k").hf_hub_filename: weights})
     gen = torch.Generator().manual_seed(1)
     for name in ("cat.jpg", "dog.png"):
