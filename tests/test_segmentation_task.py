@@ -21,6 +21,7 @@ from largekernel.engine.trainer import Trainer
 from largekernel.metrics import mean_iou
 from largekernel.models.segmentation import (ADE20K_RECIPE, ADE20K_VARIANT_RECIPES, build_segmenter,
                                              poly_warmup_lr)
+from largekernel.models.unireplknet import VARIANTS
 from largekernel.modalities.segmentation import SegmentationMetrics, inference_kwargs
 from largekernel.modalities.segmentation_data import find_samples, load_pair
 from largekernel.modalities.segmentation_eval import InferenceOptions, evaluate_segmenter
@@ -178,6 +179,33 @@ def test_predict_reports_an_unreadable_image_by_name(trained, tmp_path):
     bad.write_bytes(b"not a png")
     code, out, err = run_cli(["predict", bad, "--checkpoint", trained / "last.safetensors"])
     assert code == 1 and f"{bad}: ERROR {bad}: not a readable image" in out, out + err
+
+
+def test_eval_and_predict_take_an_mmseg_checkpoint_as_released(scenes, tmp_path):
+    """The authors' ADE20K files are mmseg checkpoints: `eval` and `predict` read the variant, heads
+    and class names off the file and use the released test pipeline (resize into 2048 x 512): the
+    metrics equal the file-level evaluator's on the same model."""
+    from test_segmentation import mmseg_file
+
+    torch.manual_seed(0)
+    model = build_segmenter(*VARIANTS["unireplknet_a"], num_classes=6, channels=16, aux_channels=8).eval()
+    names = (scenes / "classes.txt").read_text().split()
+    ckpt = tmp_path / "seg.pth"
+    torch.save({"meta": {"CLASSES": tuple(names), "mmseg_version": "0.30.0"},
+                "state_dict": model.state_dict()}, ckpt)
+    code, out, err = run_cli(["eval", ckpt, "--data", scenes, "--json", "--output", tmp_path / "ev"])
+    assert code == 0, err[-3000:]
+    metrics = json.loads(out)
+    assert metrics["classes"] == names and metrics["n"] == 3
+    ref = evaluate_segmenter(model, find_samples(scenes, "val").samples, 6,
+                             options=InferenceOptions(scale=(2048, 512)))
+    assert metrics["mIoU"] == pytest.approx(ref.metrics["mIoU"], abs=1e-12)
+    code, out, err = run_cli(["predict", scenes / "images" / "val", "--checkpoint", ckpt,
+                              "--output", tmp_path / "pred", "--json"])
+    assert code == 0 and [len(r["written"]) for r in json.loads(out)] == [2, 2, 2], err[-3000:]
+    # class names in the file that disagree with the data's classes.txt: refused, not mislabelled
+    code, out, err = run_cli(["eval", mmseg_file(model, tmp_path / "c.pth"), "--data", scenes])
+    assert code == 2 and "they must agree" in err, err
 
 
 def test_plugin_contract_pieces():
