@@ -131,14 +131,15 @@ def _check(cfg: TrainConfig) -> None:
 
 # ----------------------------------------------------------------------------- datasets
 
-class SegTrainSet(Dataset):
-    """(image, mask) pairs through the authors' training augmentation; a bad file gives `Skipped`
-    (or raises with `strict`)."""
+class SegPairs(Dataset):
+    """(image, mask) pairs through `transform` (train: the authors' augmentation; eval: normalised
+    C x H x W image and H x W labels at the original size); a bad file gives `Skipped` (or raises
+    with `strict`)."""
 
     def __init__(self, samples: list[SegSample], num_classes: int, reduce_zero_label: bool,
-                 transform: SegTrainTransform, strict: bool) -> None:
+                 strict: bool, transform=None) -> None:
         self.samples, self.num_classes, self.reduce_zero_label = samples, num_classes, reduce_zero_label
-        self.transform, self.strict = transform, strict
+        self.strict, self.transform = strict, transform or _eval_pair
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -153,25 +154,8 @@ class SegTrainSet(Dataset):
         return self.transform(image, mask)
 
 
-class SegEvalSet(Dataset):
-    """(normalised C x H x W image, H x W labels) at the original size, one image per item."""
-
-    def __init__(self, samples: list[SegSample], num_classes: int, reduce_zero_label: bool,
-                 strict: bool) -> None:
-        self.samples, self.num_classes, self.reduce_zero_label = samples, num_classes, reduce_zero_label
-        self.strict = strict
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        try:
-            image, mask = load_pair(self.samples[i], self.num_classes, self.reduce_zero_label)
-        except SegmentationDataError as e:
-            if self.strict:
-                raise
-            return Skipped(self.samples[i].image, str(e))
-        return normalize(image), torch.from_numpy(mask)
+def _eval_pair(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return normalize(image), torch.from_numpy(mask)
 
 
 def _random_split(samples: list[SegSample], fraction: float, seed: int) -> tuple[list, list]:
@@ -311,7 +295,7 @@ class SegmentationTask(Plugin):
             info = find_samples(path, "val", cfg.layout, keep)
             classes = _classes(info.classes, info.num_classes, cfg)
             zero = self._zero(cfg, info.reduce_zero_label)
-            return DataBundle(None, SegEvalSet(info.samples, len(classes), zero, cfg.strict), classes)
+            return DataBundle(None, SegPairs(info.samples, len(classes), zero, cfg.strict), classes)
         if not cfg.train:
             raise ValueError("no training data: set --data PATH: an ADE20K, Pascal VOC or Cityscapes "
                              "root, images/ + masks/ folders, or a CSV of image,mask")
@@ -328,8 +312,8 @@ class SegmentationTask(Plugin):
         crop = crop_size(cfg)
         transform = SegTrainTransform(crop, img_scale(cfg), tuple(cfg.ratio_range), cfg.cat_max_ratio,
                                       cfg.hflip, cfg.photometric)
-        return DataBundle(SegTrainSet(samples, len(classes), zero, transform, cfg.strict),
-                          SegEvalSet(val, len(classes), zero, cfg.strict) if val else None, classes)
+        return DataBundle(SegPairs(samples, len(classes), zero, cfg.strict, transform),
+                          SegPairs(val, len(classes), zero, cfg.strict) if val else None, classes)
 
     @staticmethod
     def _zero(cfg: TrainConfig, layout_default: bool) -> bool:
