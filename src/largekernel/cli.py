@@ -437,18 +437,6 @@ def set_missing(cfg, missing: str | None) -> None:
     cfg.options = dataclasses.replace(cfg.options, missing=missing)
 
 
-def load_for_inference(path: str, model_name: str | None = None, ema: bool = False):
-    """The model `eval`/`predict` use: a run's checkpoint, an mmseg segmenter checkpoint (the
-    authors' ADE20K files: through the segmentation plug-in), or another weights file."""
-    from .engine.inference import load_trained, records_training
-    from .models.segmentation import is_segmenter_checkpoint
-
-    if Path(path).is_file() and not records_training(path) and is_segmenter_checkpoint(path):
-        from .modalities.segmentation import trained_from_mmseg
-        return trained_from_mmseg(path, model_name)
-    return load_trained(path, model_name, ema)
-
-
 @command("eval", help="evaluate a checkpoint on a dataset: the task's metrics (top-1/5, per-class accuracy and "
                       "confusion matrix; mIoU and per-class IoU; forecast errors)", args=[
     arg("checkpoint", metavar="CKPT", help="a run's best/last.safetensors or checkpoints/step*.pt"),
@@ -471,9 +459,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate with the preprocessing and classes recorded in the checkpoint."""
     import torch
 
+    from .engine.inference import load_trained
     from .precision import set_precision
 
-    trained = load_for_inference(args.checkpoint, ema=args.ema)
+    trained = load_trained(args.checkpoint, ema=args.ema)
     set_precision(trained.model, args.precision)
     if trained.modality is None:
         raise ValueError(f"{args.checkpoint} records no training config; evaluate a checkpoint "
@@ -521,7 +510,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 ], groups=lambda: _plugin_groups("predict_arguments", "predict options"))
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict each file; unreadable files are reported by name (exit 1 if none could be read)."""
-    from .engine.inference import Trained, predict_files
+    from .engine.inference import Trained, load_trained, predict_files
     from .engine.config import TrainConfig
     from .labels import class_names_for
     from .models.registry import create_model
@@ -530,7 +519,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     load = None
     if args.checkpoint:
-        trained = load_for_inference(args.checkpoint, args.model)
+        trained = load_trained(args.checkpoint, args.model)
         if trained.modality is None:  # an authors' file: ImageNet names when its head has 1000/21841
             trained.classes = class_names_for(trained.model)  # classes, and its weights' preprocessing
             if set(DATA_CONFIG_KEYS) <= set(getattr(trained.model, "pretrained_cfg", None) or {}):

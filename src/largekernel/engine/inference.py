@@ -14,7 +14,7 @@ from ..layers.reparam import reparameterize
 from ..models.checkpoint import (STEP_CKPT, checkpoint_form, load_checkpoint, model_from_checkpoint,
                                  read_metadata, read_state_dict)
 from .config import TrainConfig, resolve_config
-from .plugin import Plugin, get_plugin, plugin_for_file
+from .plugin import Plugin, all_plugins, get_plugin, plugin_for_file
 from .state import load_training_state
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,9 @@ class Trained:
 
 def load_trained(path: str | Path, model_name: str | None = None, ema: bool = False) -> Trained:
     """A model from a run's `*.safetensors` (weights + recorded config) or a training checkpoint
-    `checkpoints/step*.pt` (`ema=True` takes its EMA weights), or an authors'/other weights file
-    (then `model_name` is needed and there is no recorded config)."""
+    `checkpoints/step*.pt` (`ema=True` takes its EMA weights), a file a plug-in recognises
+    (`Plugin.trained_from_file`), or an authors'/other weights file (then `model_name` is needed
+    and there is no recorded config)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -53,6 +54,10 @@ def load_trained(path: str | Path, model_name: str | None = None, ema: bool = Fa
             reparameterize(model, inplace=True)  # a file written by `largekernel reparam`
         load_checkpoint(model, path)
         return Trained(model, cfg, classes, modality)
+    for plugin in all_plugins().values():  # a file another tool wrote, in a plug-in's own format
+        trained = plugin().trained_from_file(path, model_name)
+        if trained is not None:
+            return trained
     model = model_from_checkpoint(path, model_name).eval()
     cfg = TrainConfig(model=model_name or meta.get("architecture", "unknown"))
     return Trained(model, cfg, None, None)

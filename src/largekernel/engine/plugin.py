@@ -115,6 +115,11 @@ class Plugin:
         """Human-readable text for `largekernel eval`; may write figures next to `eval.json` in `out`."""
         return "".join(f"{k}: {v}\n" for k, v in metrics.items() if isinstance(v, (int, float)))
 
+    def trained_from_file(self, path: Path, model_name: str | None) -> Trained | None:
+        """A weights file `largekernel train` did not write but this plug-in recognises (e.g. the
+        authors' mmseg segmentation checkpoints), ready for `eval`/`predict`; None: not its kind."""
+        return None
+
     def predict(self, trained: Trained, paths: list[str | Path], topk: int = 5,
                 options: dict | None = None) -> list[dict]:
         """One result per file: `top` (label, index, prob), or `error`; a plug-in may instead

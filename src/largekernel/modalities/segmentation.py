@@ -414,6 +414,25 @@ class SegmentationTask(Plugin):
                        f"mAcc {pct(metrics['mAcc'])}%, loss {metrics['loss']:.4f}\n")
 
     @torch.no_grad()
+    def trained_from_file(self, path: Path, model_name: str | None):
+        """An mmseg-layout segmenter checkpoint (e.g. the authors' ADE20K files) for `eval` and
+        `predict`: the segmenter read off its weights, the class names of its meta (indices when
+        it has none), and the released test pipeline (resize into 2048 x 512, whole image)."""
+        from ..engine.config import resolve_config
+        from ..engine.inference import Trained
+        from ..models.segmentation import (is_segmenter_checkpoint, read_segmenter_meta,
+                                           segmenter_from_checkpoint)
+
+        if not is_segmenter_checkpoint(path):
+            return None
+        model = segmenter_from_checkpoint(path, model_name).eval()
+        names = read_segmenter_meta(path).get("classes")
+        classes = ([str(c) for c in names] if names and len(names) == model.num_classes
+                   else [str(i) for i in range(model.num_classes)])
+        cfg = resolve_config(overrides=dict(modality=self.name, model=model.name, input_size=512,
+                                            classes=classes, pretrained=False))
+        return Trained(model, cfg, classes, self)
+
     def predict(self, trained, paths: list[str | Path], topk: int = 5, options: dict | None = None) -> list[dict]:
         """Per image, `<stem>.png` (palette label map: pixel values are class ids) and
         `<stem>_overlay.png` in --output (default: a `predictions` folder next to the image).
@@ -464,19 +483,3 @@ def _expand(paths: list[str | Path]) -> list[Path]:
             out.append(p)
     return out
 
-
-def trained_from_mmseg(path: str | Path, model_name: str | None = None):
-    """An mmseg-layout segmenter checkpoint (e.g. the authors' ADE20K files) ready for `eval` and
-    `predict`: the segmenter read off its weights, the class names of its meta (indices when it has
-    none), and the released test pipeline (resize into 2048 x 512, whole-image inference)."""
-    from ..engine.config import resolve_config
-    from ..engine.inference import Trained
-    from ..models.segmentation import read_segmenter_meta, segmenter_from_checkpoint
-
-    model = segmenter_from_checkpoint(path, model_name).eval()
-    names = read_segmenter_meta(path).get("classes")
-    classes = [str(c) for c in names] if names and len(names) == model.num_classes else \
-        [str(i) for i in range(model.num_classes)]
-    cfg = resolve_config(overrides=dict(modality=SegmentationTask.name, model=model.name,
-                                        input_size=512, classes=classes, pretrained=False))
-    return Trained(model, cfg, classes, SegmentationTask())
