@@ -439,8 +439,10 @@ def set_missing(cfg, missing: str | None) -> None:
 
 @command("eval", help="evaluate a checkpoint on a dataset: the task's metrics (top-1/5, per-class accuracy and "
                       "confusion matrix; mIoU and per-class IoU; forecast errors)", args=[
-    arg("checkpoint", metavar="CKPT", help="a run's best/last.safetensors or checkpoints/step*.pt"),
-    arg("--data", required=True, help="folder (one subfolder per class) or CSV of path,label"),
+    arg("checkpoint", metavar="CKPT", help="a run's best/last.safetensors or checkpoints/step*.pt "
+        "(or a file a plug-in reads, e.g. an mmseg segmentation checkpoint)"),
+    arg("--data", required=True, help="the evaluation data in the task's layout: a folder with one "
+        "subfolder per class or a CSV of path,label; a segmentation dataset root; a series file"),
     arg("--batch-size", type=positive_int, default=64, metavar="N"),
     arg("--ema", action="store_true", help="use the EMA weights of a step*.pt checkpoint"),
     arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
