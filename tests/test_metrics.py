@@ -92,6 +92,7 @@ def test_bad_input_errors(pred, label, msg):
         mean_iou(pred, label, 3)
 
 
+@pytest.mark.shared
 @pytest.mark.skipif(not SEG_IO.is_file(), reason=f"golden fixture {SEG_IO} is absent (needs ../shared)")
 @pytest.mark.parametrize("reduce", [False, True])
 def test_fixture_metrics(reduce):
