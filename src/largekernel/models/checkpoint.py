@@ -43,6 +43,16 @@ class LoadReport:
     kept_init: list[str] = field(default_factory=list)
 
 
+def key_report(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """The lines of a key-mismatch error: missing, unexpected and wrong-shaped keys, 12 of each shown."""
+    lines = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+            lines.append(f"  {title}: {shown}")
+    return lines
+
+
 def read_state_dict(path: str | Path, backbone_only: bool = True) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat state dict in the authors' key format.
 
@@ -185,10 +195,7 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: UniRepLKNet,
     if missing or unexpected or wrong:
         lines = [f"{report.path} does not fit {type(model).__name__} "
                  f"(depths={model.depths}, dims={model.dims}, deploy={model.deploy}):"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-                lines.append(f"  {title}: {shown}")
+        lines += key_report(missing, unexpected, wrong)
         lines.append("Check that the model name matches the checkpoint (e.g. unireplknet_t vs _s).")
         raise CheckpointError("\n".join(lines))
     kept = sorted(k for k in allowed_missing if k not in sd)

@@ -565,12 +565,11 @@ def _fold_head_state_dict(head: nn.Module, head_sd: dict[str, torch.Tensor]) -> 
 
 
 def _mismatch_message(path, name, head, missing, unexpected, wrong) -> str:
+    from .checkpoint import key_report
+
     lines = [f"{path}: its {name} does not fit the model's {type(head).__name__} "
              f"(channels={head.channels}, classes={head.num_classes}):"]
-    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if keys:
-            shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-            lines.append(f"  {title}: {shown}")
+    lines += key_report(missing, unexpected, wrong)
     lines.append("Head widths are read from the checkpoint by segmenter_from_checkpoint(); with "
                  "create_model pass channels=/aux_channels= (or leave them unset) to match the file.")
     return "\n".join(lines)
