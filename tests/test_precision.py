@@ -13,6 +13,17 @@ unbiased and independent across roundings, so they add in quadrature: sqrt(R) u.
 the latter: for the tiny fixture (5 blocks) R = 54, sqrt(54) u = 1.44e-2 (worst case 54 u = 0.105);
 measured 3.6e-3 (train form) and 4.2e-3 (deploy form). They also assert the error exceeds 1e-4, so
 a model that silently stayed fp32 (errors ~1e-7) fails.
+
+Emulated bf16 (CPUs without bf16 units) rounds the same values to bf16 and runs the GEMMs in fp32 on
+them. A product of two bf16 numbers is exact in fp32 and the native kernels accumulate in fp32, so
+an emulated GEMM's output differs from the native one only by the order of summation: at most about
+K fp32 ulps (2^-24 relative) of the sum of |terms| over K terms. After both are rounded to bf16 they
+are equal unless that difference straddles a rounding boundary (spaced 2^-8 relative), so they
+differ on a fraction of about K * 2^-16 of the elements and there by one bf16 ulp. That is asserted
+op by op. Through a whole network one differing element changes the inputs of later roundings,
+which then round independently, so two bf16 runs can drift apart up to the bf16 noise itself: the
+whole-model check is the triangle inequality, each run within `bound` of the exact result, so
+emulated vs native <= 2 * bound (on an AVX2 EPYC they agree exactly in inference).
 """
 import copy
 import math
@@ -65,23 +76,28 @@ def reference(model, x):
     return out
 
 
-def test_bf16_logits_within_bound_on_the_authors_fixture(tiny):
+@pytest.mark.parametrize("emulate", [False, True], ids=["native", "emulated"])
+def test_bf16_logits_within_bound_on_the_authors_fixture(tiny, emulate):
     model, x = tiny
     ref = reference(model, x)
-    m = lk.set_precision(copy.deepcopy(model), "bf16")
+    m = lk.set_precision(copy.deepcopy(model), "bf16", emulate=emulate)
     with torch.no_grad():
         out = m(x)
     assert out.dtype == torch.float32
     err = rel_err(out, ref)
     assert 1e-4 < err <= bound(5), err
     assert all(p.dtype == torch.float32 for p in m.parameters())
-    assert lk.get_precision(m) == P.PrecisionChoice("bf16", "bf16", "requested")
+    choice = lk.get_precision(m)
+    assert (choice.requested, choice.precision, choice.emulated) == ("bf16", "bf16", emulate)
+    assert choice.reason == ("requested; emulated: bf16-rounded values in fp32 arithmetic (bf16's "
+                             "numerics, not its speed)" if emulate else "requested")
 
 
-def test_bf16_deploy_form_within_bound_and_fused_path_used(tiny):
+@pytest.mark.parametrize("emulate", [False, True], ids=["native", "emulated"])
+def test_bf16_deploy_form_within_bound_and_fused_path_used(tiny, emulate):
     model, x = tiny
     ref = reference(model, x)
-    deploy = reparameterize(lk.set_precision(copy.deepcopy(model), "bf16"))
+    deploy = reparameterize(lk.set_precision(copy.deepcopy(model), "bf16", emulate=emulate))
     assert all(isinstance(b.__dict__["forward"], P._BlockBf16) for s in deploy.stages for b in s)
     with torch.no_grad():
         out = deploy(x)
@@ -90,6 +106,62 @@ def test_bf16_deploy_form_within_bound_and_fused_path_used(tiny):
     # the deploy path with grad enabled (module ops, GRN not folded) agrees within the same bound
     out_grad = deploy(x).detach()
     assert rel_err(out_grad, ref) <= bound(5)
+
+
+def test_emulated_bf16_ops_equal_native_up_to_summation_order():
+    torch.manual_seed(0)
+    k = 512
+    cases = {"linear": (nn.Linear(k, 96), torch.randn(4, 7, k)),
+             "conv1x1": (nn.Conv2d(k, 48, 1), torch.randn(2, k, 5, 6))}
+    for name, (mod, x) in cases.items():
+        with torch.no_grad():
+            native = lk.set_precision(copy.deepcopy(mod), "bf16", emulate=False)(x)
+            emulated = lk.set_precision(copy.deepcopy(mod), "bf16", emulate=True)(x)
+        assert torch.equal(native.bfloat16().float(), native), name  # bf16 values, fp32 out
+        assert torch.equal(emulated.bfloat16().float(), emulated), name
+        differ = native != emulated
+        assert differ.float().mean() <= 2 * k * 2.0 ** -16, name
+        # where they differ: one bf16 ulp of the value (2^-7 relative at most)
+        assert ((native - emulated).abs() <= emulated.abs() * 2.0 ** -7).all(), name
+
+
+def test_emulated_bf16_equals_native_bf16_forward_and_gradients(tiny):
+    """The whole model, emulated vs native, forward and every parameter's gradient: each within
+    `bound` of the exact result, so within 2 * bound of each other (see the module's doc)."""
+    model, x = tiny
+    y = torch.arange(len(x)) % model.head.out_features
+    out, grads = {}, {}
+    for emulate in (False, True):
+        # eval mode: BN's running statistics (batch statistics over 2 samples would amplify any
+        # difference by 1/std of near-constant channels), no dropout; autograd through every forward
+        m = lk.set_precision(copy.deepcopy(model).eval(), "bf16", emulate=emulate)
+        logits = m(x)
+        F.cross_entropy(logits, y).backward()
+        out[emulate] = logits.detach()
+        grads[emulate] = torch.cat([p.grad.flatten() for p in m.parameters()])
+    assert rel_err(out[True], out[False]) <= 2 * bound(5)
+    assert rel_err(grads[True], grads[False]) <= 2 * bound(5)
+    assert not torch.equal(grads[True], torch.zeros_like(grads[True]))
+
+
+def test_emulation_is_chosen_where_the_cpu_has_no_bf16_units(monkeypatch):
+    monkeypatch.delenv(P.EMULATION_ENV, raising=False)
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2", "fma"})
+    assert P.bf16_emulated("cpu") and not P.bf16_emulated("cuda")
+    m = lk.set_precision(nn.Linear(3, 2), "bf16")
+    assert lk.get_precision(m).emulated and "has no bf16 units" in lk.get_precision(m).reason
+    assert m.__dict__["forward"].emulate
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert not P.bf16_emulated("cpu")
+    monkeypatch.setenv(P.EMULATION_ENV, "emulate")
+    assert P.bf16_emulated("cpu") and not P.bf16_emulated("cpu", emulate=False)
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setenv(P.EMULATION_ENV, "Native")
+    assert not P.bf16_emulated("cpu") and P.bf16_emulated("cpu", emulate=True)
+    monkeypatch.setenv(P.EMULATION_ENV, "fast")
+    with pytest.raises(ValueError, match="LARGEKERNEL_BF16='fast': use 'native' or 'emulate'"):
+        lk.set_precision(nn.Linear(3, 2), "bf16")
+    assert lk.get_precision(lk.set_precision(nn.Linear(3, 2), "fp32")).emulated is False
 
 
 def test_fp32_undoes_bit_exactly(tiny):
@@ -186,7 +258,7 @@ def test_depthwise_policy_bf16_forced_and_autotuned(tiny):
     model, x = tiny
     ref = reference(model, x)
     P.set_depthwise_policy("bf16")
-    m = lk.set_precision(copy.deepcopy(model), "bf16")
+    m = lk.set_precision(copy.deepcopy(model), "bf16", emulate=False)  # autotune times native kernels
     with torch.no_grad():
         out = m(x)
     # the depthwise convs round their input and weight too: 2 more roundings per block

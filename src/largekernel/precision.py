@@ -14,10 +14,21 @@ untouched; `set_precision(model, "fp32")` deletes them and gives outputs bit-ide
 never prepared. Because a block's bf16 forward reads its submodules at call time, it survives
 `reparameterize()` (the folded block runs the bf16 deploy path, with GRN's scale folded into the
 per-sample down-projection weights as the fp32 deploy path does).
+
+On a CPU without bf16 units (no `amx_bf16` / `avx512_bf16`), PyTorch's bf16 kernels are emulated
+and slow (a bf16 GEMM ~12x slower than the fp32 one on an AVX2 EPYC). There, "bf16" runs the same
+policy *emulated*: every value the bf16 path would hold in bf16 is rounded to bf16 (round to
+nearest even) but kept in fp32 storage, and the GEMMs and convolutions run in fp32 on those
+bf16-valued operands. A product of two bf16 numbers is exact in fp32 and the native kernels
+accumulate in fp32 too, so the results equal the native bf16 ones up to the order of summation
+(and a rare one-ulp double rounding): bf16's numerics at about fp32's speed, for checking a
+model's bf16 accuracy on any CPU. It is not a speed-up. `LARGEKERNEL_BF16=native|emulate` (or
+`set_precision(..., emulate=True|False)`) overrides the choice.
 """
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +100,7 @@ class PrecisionChoice:
     requested: str
     precision: str
     reason: str
+    emulated: bool = False  # bf16 numerics computed in fp32 arithmetic (see the module's doc)
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> PrecisionChoice:
@@ -117,6 +129,22 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> Pre
 
 
 FP32 = PrecisionChoice("fp32", "fp32", "requested")
+EMULATION_ENV = "LARGEKERNEL_BF16"
+
+
+def bf16_emulated(device: torch.device | str = "cpu", emulate: bool | None = None) -> bool:
+    """Whether bf16 runs emulated on `device`: `emulate` if given, else the LARGEKERNEL_BF16
+    environment variable ("native" or "emulate"), else on a CPU without bf16 units. Never on CUDA."""
+    if torch.device(device).type != "cpu":
+        return False
+    if emulate is not None:
+        return bool(emulate)
+    env = os.environ.get(EMULATION_ENV, "").strip().lower()
+    if env in ("native", "emulate"):
+        return env == "emulate"
+    if env:
+        raise ValueError(f"{EMULATION_ENV}={env!r}: use 'native' or 'emulate' (or leave it unset)")
+    return not cpu_bf16_units()
 
 
 def get_precision(model: nn.Module) -> PrecisionChoice | None:
@@ -125,46 +153,62 @@ def get_precision(model: nn.Module) -> PrecisionChoice | None:
 
 
 def set_precision(model: nn.Module, precision: str = "auto",
-                  device: torch.device | str | None = None) -> nn.Module:
+                  device: torch.device | str | None = None, emulate: bool | None = None) -> nn.Module:
     """Prepare `model` in place for `precision` ("fp32", "bf16" or "auto") and return it.
 
     Works for any module tree holding UniRepLKNet blocks (classifiers, features_only backbones, the
     modality models). "fp32" removes a previous preparation exactly. The choice and its reason are
-    stored (`get_precision(model)`) and logged."""
+    stored (`get_precision(model)`) and logged. bf16 on a CPU without bf16 units runs emulated
+    (fp32 arithmetic on bf16-rounded values: bf16's numerics, not its speed); `emulate` (or
+    LARGEKERNEL_BF16=native|emulate) forces either way."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"set_precision needs an nn.Module, got {type(model).__name__}")
     if device is None:
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
     choice = resolve_precision(precision, device)
+    if choice.precision == "bf16" and bf16_emulated(device, emulate):
+        choice = PrecisionChoice(choice.requested, "bf16", choice.reason + "; emulated: bf16-rounded "
+                                 "values in fp32 arithmetic (bf16's numerics, not its speed"
+                                 + ("" if emulate else f": the CPU ({cpu_name()}) has no bf16 units")
+                                 + ")", emulated=True)
     for m in model.modules():
         if isinstance(m.__dict__.get("forward"), _Bf16Forward):
             del m.forward
     if choice.precision == "bf16":
-        _install(model)
+        _install(model, choice.emulated)
     model.largekernel_precision = choice
     (log.debug if choice == FP32 else log.info)("precision %s -> %s (%s)", choice.requested,
                                                  choice.precision, choice.reason)
     return model
 
 
-def _install(model: nn.Module) -> None:
+def _install(model: nn.Module, emulate: bool) -> None:
     inside_blocks = set()
     for m in model.modules():
         if isinstance(m, UniRepLKNetBlock):
-            m.forward = _BlockBf16(m)
+            m.forward = _BlockBf16(m, emulate)
             inside_blocks.update(id(s) for s in m.modules())
     for m in model.modules():
         if id(m) in inside_blocks:
             continue
         if isinstance(m, nn.Linear):
-            m.forward = _LinearBf16(m)
+            m.forward = _LinearBf16(m, emulate)
         elif (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.groups == 1
               and m.padding_mode == "zeros"):
-            m.forward = _Conv1x1Bf16(m)
+            m.forward = _Conv1x1Bf16(m, emulate)
 
 
 # ---- bf16 copies of the fp32 master weights ------------------------------------------------------
+
+def to_bf16(t: torch.Tensor, emulate: bool) -> torch.Tensor:
+    """`t` rounded to bf16 (to nearest even): natively a bf16 tensor (a no-op on one), emulated a
+    tensor of `t`'s dtype holding the bf16 values. The bf16 forwards call it on each result the
+    native path's op writes in bf16, so both paths round at the same places."""
+    if not emulate:
+        return t.to(BF16)
+    return t.to(BF16).to(t.dtype)
+
 
 class _WeightCache:
     """bf16 copies of parameters. With autograd recording, a fresh differentiable cast per forward
@@ -173,35 +217,41 @@ class _WeightCache:
     (bumped by every in-place update: optimizer steps, `load_state_dict`, `copy_`) and storage are
     unchanged."""
 
-    def __init__(self):
+    def __init__(self, emulate: bool = False):
+        self.emulate = emulate
         self._copies: dict[int, tuple[tuple, torch.Tensor]] = {}
 
     def get(self, p: torch.Tensor | None) -> torch.Tensor | None:
         if p is None:
             return None
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return p.to(BF16)
+            return to_bf16(p, self.emulate)
         key = (p._version, p.data_ptr(), p.device, tuple(p.shape))
         hit = self._copies.get(id(p))
         if hit is not None and hit[0] == key:
             return hit[1]
-        copy = p.detach().to(BF16)
+        copy = to_bf16(p.detach(), self.emulate)
         self._copies[id(p)] = (key, copy)
         return copy
 
     def __getstate__(self) -> dict:  # copies and pickles start with an empty cache
-        return {"_copies": {}}
+        return {"emulate": self.emulate, "_copies": {}}
 
     def __deepcopy__(self, memo) -> "_WeightCache":
-        return _WeightCache()
+        return _WeightCache(self.emulate)
 
 
 class _Bf16Forward:
-    """Base of the instance-level forwards `set_precision` installs (and removes)."""
+    """Base of the instance-level forwards `set_precision` installs (and removes). `self.bf16(t)`
+    rounds a value the native path holds in bf16 (a no-op on a native bf16 result)."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, emulate: bool = False):
         self.module = module
-        self.cache = _WeightCache()
+        self.emulate = emulate
+        self.cache = _WeightCache(emulate)
+
+    def bf16(self, t: torch.Tensor) -> torch.Tensor:
+        return to_bf16(t, self.emulate)
 
 
 class _LinearBf16(_Bf16Forward):
@@ -209,7 +259,8 @@ class _LinearBf16(_Bf16Forward):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        return F.linear(x.to(BF16), self.cache.get(m.weight), self.cache.get(m.bias)).to(x.dtype)
+        return self.bf16(F.linear(self.bf16(x), self.cache.get(m.weight),
+                                  self.cache.get(m.bias))).to(x.dtype)
 
 
 class _Conv1x1Bf16(_Bf16Forward):
@@ -217,8 +268,8 @@ class _Conv1x1Bf16(_Bf16Forward):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        return F.conv2d(x.to(BF16), self.cache.get(m.weight), self.cache.get(m.bias), m.stride,
-                        m.padding, m.dilation, m.groups).to(x.dtype)
+        return self.bf16(F.conv2d(self.bf16(x), self.cache.get(m.weight), self.cache.get(m.bias),
+                                  m.stride, m.padding, m.dilation, m.groups)).to(x.dtype)
 
 
 # ---- depthwise convs: fp32 or bf16, per shape ----------------------------------------------------
@@ -248,7 +299,7 @@ def depthwise_choices() -> dict[tuple, str]:
 
 def _depthwise_dtype(conv: nn.Conv2d, x: torch.Tensor, cache: _WeightCache) -> str:
     policy = _dw_policy
-    if policy == "autotune" and (torch.are_deterministic_algorithms_enabled()
+    if policy == "autotune" and (torch.are_deterministic_algorithms_enabled() or cache.emulate
                                  or torch.compiler.is_compiling() or x.device.type != "cpu"):
         policy = "rule"
     if policy in ("fp32", "bf16"):
@@ -271,7 +322,7 @@ def _depthwise_dtype(conv: nn.Conv2d, x: torch.Tensor, cache: _WeightCache) -> s
 def _depthwise_run(conv: nn.Conv2d, x: torch.Tensor, dtype: str, cache: _WeightCache) -> torch.Tensor:
     if dtype == "fp32":
         return conv(x)
-    xb, wb, bb = x.to(BF16), cache.get(conv.weight), cache.get(conv.bias)
+    xb, wb, bb = to_bf16(x, cache.emulate), cache.get(conv.weight), cache.get(conv.bias)
     pad, dil = _pair(conv.padding), _pair(conv.dilation)
     if (isinstance(conv, DepthwiseConv2d) and torch.is_grad_enabled() and x.device.type == "cpu"
             and not torch.compiler.is_compiling()):
@@ -280,7 +331,7 @@ def _depthwise_run(conv: nn.Conv2d, x: torch.Tensor, dtype: str, cache: _WeightC
         out = dw_conv2d(xb, wb, bb, 1, pad, dil, conv.groups)
     else:
         out = F.conv2d(xb, wb, bb, 1, pad, dil, conv.groups)
-    return out.to(x.dtype)
+    return to_bf16(out, cache.emulate).to(x.dtype)
 
 
 def _depthwise(conv: nn.Conv2d, x: torch.Tensor, cache: _WeightCache) -> torch.Tensor:
@@ -337,16 +388,16 @@ class _BlockBf16(_Bf16Forward):
     activation is never cast."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        blk, cache = self.module, self.cache
+        blk, cache, bf16 = self.module, self.cache, self.bf16
         if blk.deploy and fast_inference(x):
             return self._deploy_cpu(x)
         y = blk.se(blk.norm(_dwconv_block(blk.dwconv, x, cache)))
         lin1, grn, lin2 = blk.pwconv1[1], blk.act[1], blk.pwconv2[0]
-        t = F.linear(y.permute(0, 2, 3, 1).to(BF16), cache.get(lin1.weight), cache.get(lin1.bias))
-        t = F.gelu(t)
-        scale = grn_scale_fp32(grn, t).to(BF16)
-        t = t * scale if grn.beta is None else torch.addcmul(cache.get(grn.beta), t, scale)
-        t = F.linear(t, cache.get(lin2.weight), cache.get(lin2.bias)).permute(0, 3, 1, 2).to(x.dtype)
+        t = bf16(F.linear(bf16(y.permute(0, 2, 3, 1)), cache.get(lin1.weight), cache.get(lin1.bias)))
+        t = bf16(F.gelu(t))
+        scale = bf16(grn_scale_fp32(grn, t))
+        t = bf16(t * scale if grn.beta is None else torch.addcmul(cache.get(grn.beta), t, scale))
+        t = bf16(F.linear(t, cache.get(lin2.weight), cache.get(lin2.bias))).permute(0, 3, 1, 2).to(x.dtype)
         if len(blk.pwconv2) > 2:
             t = blk.pwconv2[2](t)
         if blk.gamma is not None:
@@ -357,21 +408,24 @@ class _BlockBf16(_Bf16Forward):
         """The fp32 deploy path's schedule in bf16: the SE gate writes the bf16 NHWC tensor the
         first GEMM reads; GELU in its epilogue; GRN's fp32 scale folded into per-sample bf16
         down-projection weights where HW > 2C."""
-        blk, cache = self.module, self.cache
+        blk, cache, bf16 = self.module, self.cache, self.bf16
         y = _dwconv_block(blk.dwconv, x, cache)
         n, c, h, w = y.shape
         s = torch.sigmoid(blk.se.up(F.relu(blk.se.down(F.adaptive_avg_pool2d(y, 1)))))
-        t = torch.empty((n, h, w, c), dtype=BF16, device=y.device)
-        torch.mul(y.permute(0, 2, 3, 1), s.view(n, 1, 1, c), out=t)
+        t = torch.empty((n, h, w, c), dtype=y.dtype if self.emulate else BF16, device=y.device)
+        t = bf16(torch.mul(y.permute(0, 2, 3, 1), s.view(n, 1, 1, c), out=t))
         lin1, grn, down = blk.pwconv1[1], blk.act[1], blk.pwconv2[0]
-        t = _linear_gelu_bf16(t, cache.get(lin1.weight), cache.get(lin1.bias))
+        if self.emulate:  # as the unfused native path: the GEMM's output is rounded before GELU
+            t = bf16(F.gelu(bf16(F.linear(t, cache.get(lin1.weight), cache.get(lin1.bias)))))
+        else:
+            t = _linear_gelu_bf16(t, cache.get(lin1.weight), cache.get(lin1.bias))
         scale = grn_scale_fp32(grn, t)
         if h * w > 2 * c:
-            weight = (down.weight * scale.view(n, 1, -1)).to(BF16)
-            t = torch.baddbmm(cache.get(down.bias).view(1, 1, c), t.view(n, h * w, -1),
-                              weight.transpose(1, 2))
+            weight = bf16(down.weight * scale.view(n, 1, -1))
+            t = bf16(torch.baddbmm(cache.get(down.bias).view(1, 1, c), t.view(n, h * w, -1),
+                                   weight.transpose(1, 2)))
             t = t.view(n, h, w, c)
         else:
-            t = t * scale.to(BF16)
-            t = F.linear(t, cache.get(down.weight), cache.get(down.bias))
+            t = bf16(t * bf16(scale))
+            t = bf16(F.linear(t, cache.get(down.weight), cache.get(down.bias)))
         return x + t.permute(0, 3, 1, 2)

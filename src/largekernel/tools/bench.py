@@ -267,7 +267,9 @@ def run_bench(model: str = "unireplknet_t", size: int = 224, batch: int = 16, tr
                                              "kernel", grn="spatial sums by vecdot; training through its "
                                              "hand-written autograd", compile=False))
     if precision != "fp32":
-        result["machine"]["bf16_units"] = cpu_bf16_units() or "none (bf16 is emulated: slower than fp32)"
+        result["machine"]["bf16_units"] = cpu_bf16_units() or (
+            "none (largekernel's bf16 runs emulated: bf16-rounded values in fp32 arithmetic, slower "
+            "than fp32)")
         result["machine"]["auto"] = resolve_precision("auto").reason
     roof = measure_roof(rounds, bf16="bf16" in precisions)
     result["roof"] = roof

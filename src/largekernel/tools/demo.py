@@ -60,7 +60,7 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None, fresh:
         y_train, y_deploy = trained.model(x), deploy(x)
     same = bool(torch.equal(y_train.argmax(1), y_deploy.argmax(1)))
     max_diff = float((y_train - y_deploy).abs().max())
-    # the bf16 accuracy guard where bf16 is in use or would be chosen (emulated bf16 is slow)
+    # the bf16 accuracy guard where bf16 is in use or `auto` would choose it
     check_bf16 = cfg.precision != "fp32" or resolve_precision("auto").precision == "bf16"
     agreement, top1_bf16 = bf16_agreement(trained.model, x, y) if check_bf16 else (None, None)
     samples = [val.samples[i][0] for i in range(0, len(val), max(1, len(val) // 5))][:5]
