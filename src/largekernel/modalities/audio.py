@@ -1,6 +1,6 @@
 """The audio modality: clips -> 16 kHz mono -> Kaldi log-mel filterbank -> 1 x frames x mel bins.
 
-The recipe is the spec's (AST's, which UniRepLKNet follows): mean-removed waveform, 128-bin
+The recipe is the authors' (AST's, which UniRepLKNet follows): mean-removed waveform, 128-bin
 Kaldi-compatible log-mel filterbank (25 ms Hanning window, 10 ms shift, HTK mel, no energy, no
 dither), padded with zeros or cropped to `target_frames`, normalised as (x - mean) / (2 * std).
 Training adds waveform mixup (soft targets made here, in the dataset), background noise,

@@ -1,4 +1,4 @@
-"""The point-cloud modality: meshes and point files -> V rendered views -> UniRepLKNet (spec section 4).
+"""The point-cloud modality: meshes and point files -> V rendered views -> UniRepLKNet.
 
 Input per sample: an (N, 3) float tensor of points normalised to the unit sphere. Meshes (.off, .obj,
 .ply, .stl) are sampled uniformly on their surface (`mesh_points` points, fixed seed), point files

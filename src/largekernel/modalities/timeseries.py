@@ -1,4 +1,4 @@
-"""The time-series modality: multivariate forecasting with the paper's recipe (spec section 4).
+"""The time-series modality: multivariate forecasting with the paper's recipe.
 
 A window of `lookback` steps -> per-window normalisation (RevIN, learnable affine) -> value
 embedding (circular Conv1d k=3 over time, variables as channels) + time-feature embedding (hour of

@@ -254,7 +254,7 @@ class UPerNet(nn.Module):
         return self.num_layers + 2
 
     def layer_id(self, name: str) -> int:
-        """Layer-decay id of a parameter name, the authors' segmentation scheme (spec section 6)."""
+        """Layer-decay id of a parameter name, the authors' segmentation scheme."""
         m = re.match(r"backbone\.(downsample_layers|stages)\.(\d+)(?:\.(\d+))?", name)
         n = self.num_layers
         if m is None:
@@ -269,7 +269,7 @@ class UPerNet(nn.Module):
         return n
 
 
-# The released ADE20K configs (spec sections 5-6), as data for a training preset.
+# The released ADE20K configs, as data for a training preset.
 ADE20K_RECIPE = dict(
     iters=160_000, batch_size=16, crop=(512, 512), scale=(2048, 512), ratio_range=(0.5, 2.0),
     cat_max_ratio=0.75, optimizer="adamw", lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05,

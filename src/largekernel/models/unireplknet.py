@@ -414,7 +414,7 @@ class UniRepLKNet(nn.Module):
     num_layer_ids = 14
 
     def layer_id(self, name: str) -> int:
-        """Layer-decay id of a parameter (the spec's scheme, as ConvNeXt/UniRepLKNet fine-tuning):
+        """Layer-decay id of a parameter (the authors' scheme, as ConvNeXt/UniRepLKNet fine-tuning):
         stem 0, stage 0 -> 1, stage 1 and its downsampler -> 2, downsampler 2 -> 3, stage 2 block b ->
         3 + b//3 (at most 11), stage 3 and its downsampler -> 12, everything after -> 13."""
         m = re.match(r"(downsample_layers|stages)\.(\d+)(?:\.(\d+))?", name)

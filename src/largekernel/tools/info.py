@@ -61,7 +61,7 @@ def count_macs(model: nn.Module, input_size: int | Sequence[int] = 224, in_chans
     `nn.Linear` (`out.numel() * in_features`), wherever they sit (stem, downsamplers, depthwise
     convs, SE 1x1 convs on the pooled 1x1 map, MLP, head). Not counted: bias additions,
     norms (LayerNorm/BatchNorm/GRN), activations, the SE gate multiply, pooling, residual adds,
-    layer scale. This is what the spec's GMACs column counts when applied to the deploy form.
+    layer scale. This is what the published GMACs column counts when applied to the deploy form.
     """
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if h < 1 or w < 1:
