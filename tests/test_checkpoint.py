@@ -193,6 +193,27 @@ def test_unreadable_and_missing_files(tmp_path):
         lk.load_checkpoint(TINY.create(), bad_st)
 
 
+def test_zip_files_are_memory_mapped_and_pre_1_6_files_load_whole(golden, tmp_path, io):
+    """`torch_load` maps a zip-format .pth (reads of a big file for its keys, then its weights, cost
+    little) and loads the older non-zip format whole; both give the authors' logits."""
+    from largekernel.models.checkpoint import torch_load
+
+    sd = read_state_dict(golden.file("train.pth"))
+    old = tmp_path / "old.pth"
+    torch.save({"model": sd}, old, _use_new_zipfile_serialization=False)
+    new = tmp_path / "new.pth"
+    torch.save({"model": sd}, new)
+    for path in (old, new):
+        model = golden.create(checkpoint_path=path)
+        assert (logits(model, io["input"]) - io["logits"]).abs().max() <= TOL, path.name
+    def mapped(path):  # whether the process maps the file while the loaded tensors live
+        obj = torch_load(path)
+        with open("/proc/self/maps") as f:
+            return str(path) in f.read() and obj is not None
+
+    assert mapped(new) and not mapped(old)
+
+
 def test_module_prefix_and_model_key_are_unwrapped(golden, tmp_path, io):
     sd = read_state_dict(golden.file("train.pth"))
     path = tmp_path / "ddp.pth"

@@ -10,6 +10,7 @@ import json
 import logging
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def key_report(missing: list[str], unexpected: list[str], wrong: list[str]) -> l
     return lines
 
 
+def torch_load(path: str | Path):
+    """`torch.load` of a weights file: tensors and plain containers only (`weights_only=True`), on
+    the CPU, memory-mapped where the file is a zip archive (PyTorch >= 1.6's format; older files
+    load whole). Mapped tensors are read from the page cache as they are used, so loading a large
+    file to look at its keys, and again for its weights, costs little; the mapping is private
+    (copy-on-write): nothing writes to the file."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
 def read_state_dict(path: str | Path, backbone_only: bool = True) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat state dict in the authors' key format.
 
@@ -67,7 +77,7 @@ def read_state_dict(path: str | Path, backbone_only: bool = True) -> dict[str, t
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(

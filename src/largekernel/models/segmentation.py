@@ -583,13 +583,15 @@ def _log_report(report) -> None:
 def read_segmenter_meta(path: str | Path) -> dict:
     """`classes` and `palette` from an mmseg checkpoint's `meta` (CLASSES / PALETTE), when present.
 
-    Read with `weights_only=True` like the weights; a file without them (or not a .pth) gives {}.
+    Read like the weights (`torch_load`); a file without them (or not a .pth) gives {}.
     """
+    from .checkpoint import torch_load
+
     path = Path(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return {}
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except Exception:  # unreadable files are reported by the weight loader, which reads them too
         return {}
     meta = obj.get("meta") if isinstance(obj, dict) else None
