@@ -403,21 +403,6 @@ def test_cli_train_eval_predict_in_bf16(tmp_path):
     assert code == 2 and "unknown precision 'fp8'" in err
 
 
-@pytest.mark.slow
-def test_demo_trains_in_bf16_and_bf16_inference_agrees(tmp_path, capsys):
-    """The issue's accuracy guard on the demo's trained model: bf16 predictions agree with fp32 on
-    >= 99.5% of the held-out digits, top-1 differs by <= 0.3 points, and training in bf16 reaches
-    97% like fp32."""
-    import json
-
-    from largekernel.cli import main
-
-    assert main(["demo", "--output", str(tmp_path / "demo"), "--precision", "bf16", "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
-    assert r["precision"] == "bf16" and r["val_top1"] >= 97.0, r["val_top1"]
-    assert r["bf16_agreement"] >= 99.5 and abs(r["val_top1_bf16"] - r["val_top1"]) <= 0.3, r
-
-
 @pytest.mark.parametrize("form", ["train", "deploy"])
 @pytest.mark.parametrize("grad", [False, True])
 def test_bf16_forwards_compute_the_blocks_math(tiny, monkeypatch, form, grad):

@@ -565,29 +565,6 @@ def test_export_pooling_matrices_equal_adaptive_pooling(size, bins):
     assert torch.allclose(got, F.adaptive_avg_pool2d(x, bins), atol=1e-14)
 
 
-def test_onnx_export_dynamic_batch_height_width(tmp_path):
-    """Traced at 2 x 64 x 96, run by onnxruntime at two other batch sizes and odd sizes."""
-    pytest.importorskip("onnxscript", reason="ONNX export needs largekernel[export]")
-    ort = pytest.importorskip("onnxruntime", reason="ONNX parity needs largekernel[export]")
-    from torch.export import Dim
-
-    model = lk.reparameterize(tiny_segmenter().eval())
-    path = tmp_path / "seg.onnx"
-    # >= 33: below that the stride-32 map is 1 x 1, and torch.export specializes size-1 dimensions
-    hw = dict(min=33, max=8192)
-    torch.onnx.export(model, (image(2, 64, 96),), str(path), dynamo=True, verbose=False,
-                      dynamic_shapes=({0: Dim("batch"), 2: Dim("height", **hw), 3: Dim("width", **hw)},),
-                      input_names=["input"], output_names=["logits"])
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for b, h, w in ((1, 70, 90), (3, 45, 130)):
-        x = image(b, h, w, seed=b)
-        got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
-        with torch.no_grad():
-            want = model(x)
-        assert got.shape == (b, 5, h, w)
-        assert (got - want).abs().max() < 1e-4  # fp32, the export tests' bar (tools/export.py)
-
-
 def test_safetensors_round_trip_through_model_from_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = simulate_trained_statistics(
