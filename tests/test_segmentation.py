@@ -338,6 +338,17 @@ def test_variant_file_builds_from_shapes(tmp_path):
     x = image(1, 40, 56)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+    # model_from_checkpoint builds the segmenter too (no name, or a segmenter's name) ...
+    for name in (None, "upernet_unireplknet_a"):
+        again = lk.model_from_checkpoint(path, name).eval()
+        assert isinstance(again, UPerNet) and again.name == "upernet_unireplknet_a"
+        with torch.no_grad():
+            assert torch.equal(again(x), model(x))
+    # ... and the dense backbone alone where a classifier's name or features_only asks for it
+    backbone = lk.model_from_checkpoint(path, "unireplknet_a", features_only=True).eval()
+    assert not isinstance(backbone, UPerNet)
+    with torch.no_grad():
+        assert torch.equal(backbone(x)[-1], model.backbone(x)[-1])
 
 
 def test_classification_checkpoint_initialises_the_backbone(tmp_path):

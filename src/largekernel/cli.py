@@ -171,7 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .engine.inference import load_trained, records_training
     from .models.checkpoint import model_from_checkpoint
     from .models.registry import create_model
-    from .models.segmentation import is_segmenter_checkpoint, segmenter_from_checkpoint
+    from .models.segmentation import is_segmenter_checkpoint
     from .tools.export import FORMATS, check_batch, check_path, export_model, format_export, parse_size
 
     fmt = args.format
@@ -209,14 +209,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         def example(n: int, generator):
             return trained.modality.example_input(cfg, n, generator)
         contract = dict(modality=cfg.modality, **trained.modality.input_contract(cfg))
-    elif source.is_file() and is_segmenter_checkpoint(source):
-        if args.features_only:
+    elif source.is_file():
+        if args.features_only and is_segmenter_checkpoint(source):
             raise ValueError(f"{source} is a segmenter (UPerNet) checkpoint; --features-only exports a "
                              "classifier's dense backbone: drop it to export the segmenter")
-        model = segmenter_from_checkpoint(source, args.model, num_classes=args.num_classes,
-                                          in_chans=args.in_chans)
-    elif source.is_file():
-        model = model_from_checkpoint(source, args.model, **opts)
+        model = model_from_checkpoint(source, args.model, **opts)  # mmseg segmenter files too
     else:
         model = create_model(args.source, **opts)
         log.info("%s: random initialisation (no weights loaded)", args.source)

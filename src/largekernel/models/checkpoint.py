@@ -324,18 +324,26 @@ def read_layout(sd: dict[str, torch.Tensor]) -> dict:
     return layout
 
 
-def model_from_checkpoint(path: str | Path, model_name: str | None = None, **kwargs) -> UniRepLKNet:
+def model_from_checkpoint(path: str | Path, model_name: str | None = None, **kwargs) -> nn.Module:
     """Build the model a checkpoint describes and load it.
 
     A file written by `save_checkpoint` records its architecture and constructor args. For the
     authors' files give `model_name`; the depths, widths and kernel sizes (so custom architectures
     trained with the authors' code load too), class count, input channels, train/deploy form and
-    dense-backbone layout are read off the weights. `kwargs` override (e.g. `deploy=True`).
+    dense-backbone layout are read off the weights. An mmseg segmentation checkpoint (the authors'
+    UPerNet files) builds the whole segmenter, its variant and heads read off the weights, unless
+    `model_name` names a classifier or `features_only=True` asks for the dense backbone alone.
+    `kwargs` override (e.g. `deploy=True`).
     """
     from .registry import create_model  # registry imports this module
+    from .segmentation import is_segmenter_name, is_segmenter_state_dict, segmenter_from_checkpoint
 
     meta = read_metadata(path)
     name = model_name or meta.get("architecture")
+    if (not meta.get("architecture") and (name is None or is_segmenter_name(name))
+            and not kwargs.get("features_only")
+            and is_segmenter_state_dict(read_state_dict(path, backbone_only=False))):
+        return segmenter_from_checkpoint(path, model_name, **kwargs)
     if name is None:
         raise CheckpointError(f"{path} does not record its architecture; pass the model name "
                               "(e.g. model_name='unireplknet_t', CLI: --model unireplknet_t)")
