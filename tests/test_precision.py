@@ -341,6 +341,10 @@ def test_bench_precision_bf16_inference_and_the_bf16_roof():
                                              "convnext_t:fp32", "convnext_t:bf16"}
     text = format_bench(r)
     assert "bf16 GEMM" in text and "x reference:" in text and "bf16 units:" in text
+    # our bf16 against the roof it runs at: fp32 GEMMs where bf16 is emulated
+    assert r["machine"]["bf16_emulated"] == P.bf16_emulated()
+    roof = "fp32 GEMM roof (bf16 emulated)" if P.bf16_emulated() else "bf16 GEMM roof"
+    assert f"of its time at the {roof}" in text.split("largekernel:bf16: its Linear layers")[1].split("\n")[0]
     with pytest.raises(ValueError, match="unknown precision"):
         run_bench("unireplknet_a", size=32, batch=1, train_batch=0, rounds=1, parts=(), precision="fp16")
 

@@ -29,7 +29,7 @@ from .. import malloc
 from ..layers.dwconv import DepthwiseConv2d
 from ..layers.reparam import reparameterize
 from ..models.registry import create_model
-from ..precision import cpu_bf16_units, resolve_precision, set_precision
+from ..precision import bf16_emulated, cpu_bf16_units, resolve_precision, set_precision
 from .baselines import ConvNeXt, Reference
 
 DW_SHAPES = ((80, 56, 13), (160, 28, 13), (320, 14, 13), (640, 7, 13))  # UniRepLKNet-T's 13x13 stages
@@ -271,6 +271,7 @@ def run_bench(model: str = "unireplknet_t", size: int = 224, batch: int = 16, tr
             "none (largekernel's bf16 runs emulated: bf16-rounded values in fp32 arithmetic, slower "
             "than fp32)")
         result["machine"]["auto"] = resolve_precision("auto").reason
+        result["machine"]["bf16_emulated"] = bf16_emulated()
     roof = measure_roof(rounds, bf16="bf16" in precisions)
     result["roof"] = roof
     if "dwconv" in parts:
@@ -323,9 +324,12 @@ def format_bench(r: dict) -> str:
             g = r["models"]["gemm_gflop_per_image"]
             for o in ours:
                 prec = o.split(":")[1] if ":" in o else "fp32"
+                if prec == "bf16" and r["machine"].get("bf16_emulated"):
+                    prec = "fp32"  # emulated bf16 runs its GEMMs in fp32
                 peak = roof["bf16_gemm_gflops" if prec == "bf16" else "gemm_gflops"]
                 lines.append(f"  {o}: its Linear layers ({g:.2f} GFLOP/image) alone would take "
-                             f"{100 * g * t[o]['img_s'] / peak:.0f}% of its time at the {prec} GEMM roof")
+                             f"{100 * g * t[o]['img_s'] / peak:.0f}% of its time at the {prec} GEMM roof"
+                             + (" (bf16 emulated)" if o.endswith(":bf16") and prec == "fp32" else ""))
         if "bf16_gemm_gflops" in roof and part == "inference":
             lines.append("  (bf16 baselines run under torch.autocast; ratios against the faster reference)")
         lines.append("")
