@@ -102,7 +102,8 @@ def _info_report(args: argparse.Namespace) -> int:
     arg("--output", default="runs/demo", metavar="DIR", help="run directory (default: runs/demo; replaced)"),
     arg("--epochs", type=positive_int, default=None, metavar="N", help="epochs (default: the demo recipe's)"),
     arg("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-        help="training precision (default fp32); bf16 inference is checked against fp32 either way"),
+        help="training precision (default fp32); bf16 inference is checked against fp32 when bf16 "
+             "is used or auto would choose it"),
     arg("--json", action="store_true", help="print the numbers as JSON"),
 ])
 def cmd_demo(args: argparse.Namespace) -> int:
