@@ -155,6 +155,8 @@ def test_emulation_is_chosen_where_the_cpu_has_no_bf16_units(monkeypatch):
     assert not P.bf16_emulated("cpu")
     monkeypatch.setenv(P.EMULATION_ENV, "emulate")
     assert P.bf16_emulated("cpu") and not P.bf16_emulated("cpu", emulate=False)
+    assert lk.get_precision(lk.set_precision(nn.Linear(3, 2), "bf16")).reason.endswith(
+        "(bf16's numerics, not its speed: LARGEKERNEL_BF16=emulate)")
     monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2"})
     monkeypatch.setenv(P.EMULATION_ENV, "Native")
     assert not P.bf16_emulated("cpu") and P.bf16_emulated("cpu", emulate=True)

@@ -135,16 +135,21 @@ EMULATION_ENV = "LARGEKERNEL_BF16"
 def bf16_emulated(device: torch.device | str = "cpu", emulate: bool | None = None) -> bool:
     """Whether bf16 runs emulated on `device`: `emulate` if given, else the LARGEKERNEL_BF16
     environment variable ("native" or "emulate"), else on a CPU without bf16 units. Never on CUDA."""
+    return _emulation(device, emulate) is not None
+
+
+def _emulation(device: torch.device | str, emulate: bool | None) -> str | None:
+    """None where bf16 runs natively, else why it is emulated."""
     if torch.device(device).type != "cpu":
-        return False
+        return None
     if emulate is not None:
-        return bool(emulate)
+        return "requested" if emulate else None
     env = os.environ.get(EMULATION_ENV, "").strip().lower()
     if env in ("native", "emulate"):
-        return env == "emulate"
+        return f"{EMULATION_ENV}=emulate" if env == "emulate" else None
     if env:
         raise ValueError(f"{EMULATION_ENV}={env!r}: use 'native' or 'emulate' (or leave it unset)")
-    return not cpu_bf16_units()
+    return None if cpu_bf16_units() else f"the CPU ({cpu_name()}) has no bf16 units"
 
 
 def get_precision(model: nn.Module) -> PrecisionChoice | None:
@@ -167,11 +172,11 @@ def set_precision(model: nn.Module, precision: str = "auto",
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
     choice = resolve_precision(precision, device)
-    if choice.precision == "bf16" and bf16_emulated(device, emulate):
+    why = _emulation(device, emulate) if choice.precision == "bf16" else None
+    if why is not None:
         choice = PrecisionChoice(choice.requested, "bf16", choice.reason + "; emulated: bf16-rounded "
                                  "values in fp32 arithmetic (bf16's numerics, not its speed"
-                                 + ("" if emulate else f": the CPU ({cpu_name()}) has no bf16 units")
-                                 + ")", emulated=True)
+                                 + ("" if why == "requested" else f": {why}") + ")", emulated=True)
     for m in model.modules():
         if isinstance(m.__dict__.get("forward"), _Bf16Forward):
             del m.forward
